@@ -1,0 +1,236 @@
+"""Dataset versions: plan (split + shard assignment), finalize, and the LATEST pointer.
+
+A version is immutable and named by a hash of its inputs (catalog content, split and
+shard parameters, the split assignment), so the same inputs give the same version and
+re-running is a no-op. It is built in a hidden staging directory; manifest.parquet and
+dataset.json are written last, the directory is renamed into place, and only then is
+`LATEST` moved. A reader therefore never sees a partial version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.atomic import atomic_path, write_text
+from shards.catalog import Catalog
+from shards.imaging import ShardConfig
+from shards.layout import DataLayout
+from shards.split import Sequence, SplitConfig, assign_splits
+from shards.writer import SAMPLE_FIELDS, ShardJob, load_results
+
+log = logging.getLogger("msls.dataset")
+
+DATASET_FORMAT = 1
+PLAN_COLUMNS = (
+    "key",
+    "archive",
+    "member",
+    "city_index",
+    "shard",
+    "width",
+    "height",
+    *SAMPLE_FIELDS,
+)
+
+
+class DatasetError(ValueError):
+    """A dataset version that is missing or unreadable; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """A version to build: where it is staged and which shards it needs."""
+
+    version: str
+    staging: Path
+    shards: tuple[str, ...]
+    complete: bool  # the version already exists: nothing to do
+
+    def jobs(self, source_root: Path, config: ShardConfig) -> list[ShardJob]:
+        return [ShardJob(str(self.staging), s, str(source_root), config) for s in self.shards]
+
+
+def plan_dataset(
+    catalog: Catalog, layout: DataLayout, split: SplitConfig, shard: ShardConfig
+) -> DatasetPlan:
+    """Assign splits and shards to the usable catalog rows; stage the plan on disk."""
+    rows = _usable_rows(catalog, shard)
+    if not rows:
+        raise DatasetError(
+            f"{catalog.path}: no usable images (status counts {catalog.counts}); check the source"
+        )
+    previous = previous_assignment(layout, split)
+    sequences = _sequences(rows)
+    assignment = assign_splits(sequences, split, previous)
+    version = _version_id(catalog.hash, split, shard, assignment)
+    if (layout.dataset(version) / "dataset.json").exists():
+        return DatasetPlan(version, layout.dataset(version), (), complete=True)
+    staging = layout.staging(version)
+    cities = sorted({r["city"] for r in rows})
+    _place(rows, assignment, cities, shard)
+    if not (staging / "plan.parquet").exists():
+        table = pa.Table.from_pylist(rows).select(PLAN_COLUMNS).sort_by("shard")
+        with atomic_path(staging / "plan.parquet") as tmp:
+            pq.write_table(table, tmp, row_group_size=shard.shard_size)
+        plan_info = {"catalog": catalog.hash, "cities": cities, "split": split.as_dict()}
+        write_text(staging / "plan.json", json.dumps({**plan_info, "shard": shard.as_dict()}))
+    shards = tuple(sorted({r["shard"] for r in rows}))
+    return DatasetPlan(version, staging, shards, complete=False)
+
+
+def _usable_rows(catalog: Catalog, shard: ShardConfig) -> list[dict]:
+    keep = {"ok", "pano"} if shard.include_panos else {"ok"}
+    return [r for r in catalog.table().to_pylist() if r["status"] in keep]
+
+
+def _sequences(rows: list[dict]) -> list[Sequence]:
+    sizes = Counter((r["city"], r["sequence_key"]) for r in rows)
+    return [Sequence(city, seq, n) for (city, seq), n in sorted(sizes.items())]
+
+
+def _version_id(catalog_hash: str, split: SplitConfig, shard: ShardConfig, assignment: dict) -> str:
+    blob = json.dumps(
+        [
+            DATASET_FORMAT,
+            catalog_hash,
+            split.as_dict(),
+            shard.as_dict(),
+            sorted(assignment.items()),
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _place(rows: list[dict], assignment: dict, cities: list[str], shard: ShardConfig) -> None:
+    """Set split, city_index and shard on each row.
+
+    Within a (split, city) samples are ordered by a hash of their key, so each shard
+    mixes many sequences instead of holding a few near-duplicate runs of frames.
+    """
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        row["split"] = assignment[row["sequence_key"]]
+        row["city_index"] = cities.index(row["city"])
+        groups[(row["split"], row["city"])].append(row)
+    for (split, city), members in groups.items():
+        members.sort(key=lambda r: hashlib.sha1(r["key"].encode()).hexdigest())
+        for i, row in enumerate(members):
+            row["shard"] = f"{split}/{city}/shard-{i // shard.shard_size:06d}.tar"
+
+
+def previous_assignment(layout: DataLayout, split: SplitConfig) -> dict[str, str] | None:
+    """Sequence splits of the newest version built with the same split parameters.
+
+    Carrying them forward is what keeps a sequence in its split when data is added.
+    """
+    candidates = []
+    for info_path in layout.datasets.glob("*/dataset.json"):
+        info = json.loads(info_path.read_text())
+        if info["params"]["split"] == split.as_dict():
+            candidates.append((info["created"], info_path.parent))
+    if not candidates:
+        return None
+    manifest = pq.read_table(
+        max(candidates)[1] / "manifest.parquet", columns=["sequence_key", "split"]
+    )
+    return dict(
+        zip(manifest.column("sequence_key").to_pylist(), manifest.column("split").to_pylist())
+    )
+
+
+def finalize_dataset(
+    plan: DatasetPlan, layout: DataLayout, catalog: Catalog, code_version: str
+) -> Path:
+    """Write manifest.parquet and dataset.json, move the version into place, point LATEST."""
+    final = layout.dataset(plan.version)
+    if not plan.complete:
+        results = load_results(plan.staging, plan.shards)
+        if final.exists():  # a leftover from a crash between rename and LATEST: keep the new one
+            shutil.rmtree(final)
+        manifest = _manifest(plan.staging, results)
+        with atomic_path(plan.staging / "manifest.parquet") as tmp:
+            pq.write_table(manifest, tmp)
+        info = _dataset_info(plan, manifest, results, catalog, code_version)
+        write_text(plan.staging / "dataset.json", json.dumps(info, indent=2, sort_keys=True))
+        shutil.rmtree(plan.staging / ".results", ignore_errors=True)
+        (plan.staging / "plan.parquet").unlink()
+        os.replace(plan.staging, final)
+    write_text(layout.latest_pointer, plan.version + "\n")
+    return final
+
+
+def _manifest(staging: Path, results: list[dict]) -> pa.Table:
+    written = {key for result in results for key in result["keys"]}
+    plan = pq.read_table(staging / "plan.parquet")
+    keep = pa.array([key in written for key in plan.column("key").to_pylist()])
+    columns = [c for c in PLAN_COLUMNS if c not in ("archive", "member", "width", "height")]
+    manifest = plan.filter(keep).select(columns)
+    source = plan.filter(keep).select(["archive", "member", "width", "height"])
+    for name in source.column_names:
+        manifest = manifest.append_column(f"source_{name}", source.column(name))
+    return manifest.sort_by([("shard", "ascending"), ("key", "ascending")])
+
+
+def _dataset_info(
+    plan: DatasetPlan, manifest: pa.Table, results: list[dict], catalog: Catalog, code_version: str
+) -> dict:
+    staged = json.loads((plan.staging / "plan.json").read_text())
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for (split, city), n in Counter(
+        zip(manifest.column("split").to_pylist(), manifest.column("city").to_pylist())
+    ).items():
+        counts[split][city] = n
+    failures = [f for result in results for f in result["failures"]]
+    dropped = {s: n for s, n in catalog.counts.items() if s != "ok"}
+    if failures:
+        dropped["decode_failed"] = len(failures)
+    shard_sizes = Counter(manifest.column("shard").to_pylist())
+    return {
+        "format": DATASET_FORMAT,
+        "version": plan.version,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version,
+        "catalog": {"hash": catalog.hash, "file": catalog.path.name, "counts": catalog.counts},
+        "params": {"split": staged["split"], "shard": staged["shard"]},
+        "cities": staged["cities"],
+        "counts": dict(counts),
+        "totals": {split: sum(c.values()) for split, c in counts.items()},
+        "dropped": dropped,
+        "decode_failures": failures[:100],
+        "shards": [
+            {"path": r["shard"], "samples": shard_sizes[r["shard"]], "bytes": r["bytes"]}
+            for r in sorted(results, key=lambda r: r["shard"])
+        ],
+    }
+
+
+def resolve_version(layout: DataLayout, version: str = "latest") -> str:
+    """A concrete version id from "latest" or an id; DatasetError if it does not exist."""
+    if version == "latest":
+        if not layout.latest_pointer.exists():
+            raise DatasetError(f"{layout.latest_pointer}: no dataset yet; run `msls prepare` first")
+        version = layout.latest_pointer.read_text().strip()
+    if not (layout.dataset(version) / "dataset.json").exists():
+        raise DatasetError(
+            f"{layout.dataset(version)}: no such dataset version; `msls prepare` builds one"
+        )
+    return version
+
+
+def load_info(layout: DataLayout, version: str = "latest") -> dict:
+    """dataset.json of a version (\"latest\" follows the pointer)."""
+    return json.loads(
+        (layout.dataset(resolve_version(layout, version)) / "dataset.json").read_text()
+    )
