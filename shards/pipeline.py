@@ -1,0 +1,33 @@
+"""The whole prepare pipeline as plain function calls, without Prefect.
+
+The msls-prepare flow runs the same steps as tasks (retries, mapping, observability);
+this is for benchmarks, tests and scripts that want the library alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shards.catalog import CatalogConfig, build_catalog
+from shards.dataset import DatasetPlan, finalize_dataset, plan_dataset
+from shards.imaging import ShardConfig
+from shards.layout import DataLayout
+from shards.parallel import process_map
+from shards.provenance import code_version
+from shards.split import SplitConfig
+from shards.writer import write_shard
+
+
+def prepare_dataset(
+    source_dir: Path,
+    layout: DataLayout,
+    split: SplitConfig = SplitConfig(),
+    shard: ShardConfig = ShardConfig(),
+    catalog_config: CatalogConfig = CatalogConfig(),
+) -> tuple[DatasetPlan, Path]:
+    """Catalog, split, shard and finalize; returns the plan and the version directory."""
+    catalog = build_catalog(source_dir, layout.catalog, catalog_config)
+    plan = plan_dataset(catalog, layout, split, shard)
+    jobs = plan.jobs(source_dir, shard)
+    list(process_map(write_shard, jobs, "writing shards", catalog_config.workers))
+    return plan, finalize_dataset(plan, layout, catalog, code_version())
