@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from shards.atomic import atomic_path, write_text
 from shards.catalog import Catalog
+from shards.errors import DatasetError
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
 from shards.split import Sequence, SplitConfig, assign_splits
@@ -42,10 +43,6 @@ PLAN_COLUMNS = (
     "height",
     *SAMPLE_FIELDS,
 )
-
-
-class DatasetError(ValueError):
-    """A dataset version that is missing or unreadable; the message says what to run."""
 
 
 @dataclass(frozen=True)

@@ -36,23 +36,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from shards.errors import DatasetError
 from shards.parallel import cpu_count
 from shards.progress import track
+from shards.split import SPLITS
 
 log = logging.getLogger("msls.reader")
 
-SPLITS = ("train", "val", "ood")
+
 CACHES = ("auto", "none", "host", "device")
 MAX_AUTO_WORKERS = 8
 BAD_SHARD_ADVICE = "run `msls verify` and re-run `msls prepare` to rebuild it"
-
-
-class DatasetError(ValueError):
-    """A dataset version that is missing or unreadable; the message says what to run.
-
-    The same meaning as shards.dataset.DatasetError, kept here so the reader imports
-    neither pyarrow nor the catalog (GPU machines have torch, numpy, pillow only).
-    """
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,5 @@
+"""Errors shared by the dataset writer and reader (this module imports nothing heavy)."""
+
+
+class DatasetError(ValueError):
+    """A dataset version that is missing or unreadable; the message says what to run."""
