@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+from torchvision import transforms
 
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
@@ -58,14 +59,20 @@ def timed(work: Callable[[], int]) -> dict:
     }
 
 
+# The original project's preparation (seeds/000): each photo fully decoded, shifted
+# horizontally by up to 20%, centre-cropped to 256 and resized to 64, with PIL.
+ORIGINAL = transforms.Compose(
+    [transforms.RandomAffine(degrees=0, translate=(0.2, 0.0)), transforms.CenterCrop(256),
+     transforms.Resize(64)]
+)  # fmt: skip
+
+
 def naive(source_dir: Path, out_dir: Path) -> int:
-    """Full decode, resize the short side to 64, one JPEG file per image, one process."""
+    """Full decode, the original's transforms, one JPEG file per image, one process."""
     members, _ = MslsSource(source_dir).image_members()
     for (_, city, _, key), member in members.items():
         data = read_member(source_dir, member.archive, member.member, 1 << 25)
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        width, height = image.size
-        image = image.resize((round(64 * width / height), 64), Image.Resampling.BILINEAR)
+        image = ORIGINAL(Image.open(io.BytesIO(data)).convert("RGB"))
         (out_dir / city).mkdir(parents=True, exist_ok=True)
         image.save(out_dir / city / f"{key}.jpg", quality=95)
     return len(members)

@@ -21,11 +21,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from shards.atomic import atomic_path, write_text
 from shards.msls import CSV_NAMES, ImageMember, MslsSource, SourceError, read_csv, read_member
-from shards.parallel import process_map
+from shards.parallel import parallel_map
 
 log = logging.getLogger("msls.catalog")
 
@@ -143,7 +144,7 @@ def _catalog_table(source: MslsSource, config: CatalogConfig) -> pa.Table:
     rows = _match(metadata, members)
     todo = [i for i, row in enumerate(rows) if row["status"] is None]
     jobs = [(str(source.root), rows[i]["archive"], rows[i]["member"], config) for i in todo]
-    for i, checked in zip(todo, process_map(_inspect, jobs, "checking images", config.workers)):
+    for i, checked in zip(todo, parallel_map(_inspect, jobs, "checking images", config.workers)):
         rows[i].update(checked)
         if checked["status"] == "ok" and _is_pano(rows[i]):
             rows[i].update(status="pano", reason="panorama (raw.csv pano, or 2:1 and wider)")
@@ -283,19 +284,17 @@ def _inspect(job: tuple[str, str, str, CatalogConfig]) -> dict:
 
 
 def inspect_image(data: bytes, max_pixels: int) -> dict:
-    """Status of one image from its bytes: header parse, pixel count, JPEG end marker."""
+    """Status of one image from its bytes: header, pixel count, JPEG end marker."""
     if not data:
         return {"status": "corrupt", "reason": "zero-byte file"}
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            kind = image.format
-    except Image.DecompressionBombError as exc:
-        return {"status": "too_large", "reason": f"pixel bomb: {exc}"}
-    except UnidentifiedImageError:  # its message holds an object address: not reproducible
-        return {"status": "corrupt", "reason": "undecodable: not a recognised image format"}
-    except (OSError, SyntaxError, ValueError) as exc:
-        return {"status": "corrupt", "reason": f"undecodable: {exc}"}
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        kind = "JPEG"
+    except ValueError:  # not a JPEG libjpeg-turbo understands: let PIL identify it
+        header = _pil_header(data)
+        if "status" in header:
+            return header
+        width, height, kind = header["width"], header["height"], header["kind"]
     size = {"width": width, "height": height}
     if width * height > max_pixels:
         return {
@@ -306,3 +305,15 @@ def inspect_image(data: bytes, max_pixels: int) -> dict:
     if kind == "JPEG" and b"\xff\xd9" not in data[-64:]:
         return {**size, "status": "corrupt", "reason": "truncated: no JPEG end marker"}
     return {**size, "status": "ok", "reason": None}
+
+
+def _pil_header(data: bytes) -> dict:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return {"width": image.size[0], "height": image.size[1], "kind": image.format}
+    except Image.DecompressionBombError as exc:
+        return {"status": "too_large", "reason": f"pixel bomb: {exc}"}
+    except UnidentifiedImageError:  # its message holds an object address: not reproducible
+        return {"status": "corrupt", "reason": "undecodable: not a recognised image format"}
+    except (OSError, SyntaxError, ValueError) as exc:
+        return {"status": "corrupt", "reason": f"undecodable: {exc}"}

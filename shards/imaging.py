@@ -14,6 +14,8 @@ import io
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import simplejpeg
 from PIL import Image
 
 RESOLUTIONS = (64, 128)
@@ -62,20 +64,38 @@ def strip_box(width: int, height: int, config: ShardConfig) -> tuple[float, floa
 def make_strip(data: bytes, config: ShardConfig) -> bytes:
     """Decode a photo once at reduced scale, cut the strip, return it as JPEG bytes.
 
-    `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale directly (about 3.5x faster
-    than a full decode on a 640x480 MSLS photo); we ask for the smallest scale that
-    still leaves at least the output's resolution inside the crop, then resample with
-    Lanczos (antialiased) for the final step.
+    libjpeg-turbo (through simplejpeg) decodes straight to 1/2, 1/4 or 1/8 scale; we
+    ask for the smallest scale that still leaves at least the output's resolution
+    inside the crop (about 2x faster than a full decode of a 640x480 MSLS photo, and
+    ~1.3x faster than PIL's `draft` doing the same), then resample with bicubic
+    (antialiased) for the final step. Anything simplejpeg cannot read (PNG named .jpg,
+    CMYK JPEG) goes through PIL instead.
     """
-    out_w, out_h = config.strip_size
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         left, top, right, bottom = strip_box(width, height, config)
-        zoom = out_h / (bottom - top)
-        image.draft("RGB", (math.ceil(width * zoom), math.ceil(height * zoom)))
-        scale = image.size[0] / width
-        box = (left * scale, top * scale, right * scale, bottom * scale)
-        strip = image.convert("RGB").resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
-    out = io.BytesIO()
-    strip.save(out, format="JPEG", quality=config.jpeg_quality, subsampling=0)
-    return out.getvalue()
+        zoom = config.resolution / (bottom - top)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=True, fastupsample=True,
+            min_height=math.ceil(height * zoom), min_width=math.ceil(width * zoom),
+        )  # fmt: skip
+        image = Image.fromarray(pixels)
+    except ValueError:
+        image, (width, height) = _pil_decode(data, config)
+        left, top, right, bottom = strip_box(width, height, config)
+    scale = image.size[0] / width
+    box = (left * scale, top * scale, right * scale, bottom * scale)
+    strip = image.resize(config.strip_size, Image.Resampling.BICUBIC, box=box)
+    return simplejpeg.encode_jpeg(
+        np.asarray(strip), quality=config.jpeg_quality, colorsubsampling="444"
+    )
+
+
+def _pil_decode(data: bytes, config: ShardConfig) -> tuple[Image.Image, tuple[int, int]]:
+    """PIL's reduced-scale decode (`draft`) for what libjpeg-turbo's fast path refuses."""
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    _, top, _, bottom = strip_box(width, height, config)
+    zoom = config.resolution / (bottom - top)
+    image.draft("RGB", (math.ceil(width * zoom), math.ceil(height * zoom)))
+    return image.convert("RGB"), (width, height)

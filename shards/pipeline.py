@@ -12,7 +12,7 @@ from shards.catalog import CatalogConfig, build_catalog
 from shards.dataset import DatasetPlan, finalize_dataset, plan_dataset
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
-from shards.parallel import process_map
+from shards.parallel import parallel_map
 from shards.provenance import code_version
 from shards.split import SplitConfig
 from shards.writer import write_shard
@@ -29,5 +29,5 @@ def prepare_dataset(
     catalog = build_catalog(source_dir, layout.catalog, catalog_config)
     plan = plan_dataset(catalog, layout, split, shard)
     jobs = plan.jobs(source_dir, shard)
-    list(process_map(write_shard, jobs, "writing shards", catalog_config.workers))
+    list(parallel_map(write_shard, jobs, "writing shards", catalog_config.workers))
     return plan, finalize_dataset(plan, layout, catalog, code_version())

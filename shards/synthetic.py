@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from shards.atomic import atomic_path, write_text
-from shards.parallel import process_map
+from shards.parallel import parallel_map
 
 DEFAULT_CITIES = (
     "austin",
@@ -278,7 +278,7 @@ def write_synthetic_source(
     paths.append(raw_dir / "msls_metadata.zip")
     if _checksums_match(raw_dir):
         return paths
-    images = iter(process_map(render_image, plan, "drawing synthetic MSLS"))
+    images = iter(parallel_map(render_image, plan, "drawing synthetic MSLS"))
     for path, volume in zip(paths, volumes):
         _write_zip(path, ((image.member, next(images)) for image in volume), zipfile.ZIP_STORED)
     _write_zip(paths[-1], _metadata_members(plan), zipfile.ZIP_DEFLATED)

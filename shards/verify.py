@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from shards.parallel import process_map
+from shards.parallel import parallel_map
 
 SAMPLE_EXTENSIONS = {"jpg", "json", "cls"}
 
@@ -47,7 +47,7 @@ def verify_dataset(dataset_dir: Path, workers: int = 0) -> VerifyReport:
     )
     jobs = [(str(dataset_dir / s["path"]), size) for s in info["shards"]]
     for shard_info, (keys, problems) in zip(
-        info["shards"], process_map(_check_shard, jobs, "verifying shards", workers)
+        info["shards"], parallel_map(_check_shard, jobs, "verifying shards", workers)
     ):
         report.shards += 1
         report.samples += len(keys)
