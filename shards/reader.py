@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import tarfile
@@ -40,6 +41,12 @@ from shards.errors import DatasetError
 from shards.parallel import cpu_count
 from shards.progress import track
 from shards.split import SPLITS
+
+# Loader workers start from a clean server process, never by forking this one: training
+# runs inside Prefect flows, whose threads and event loop do not survive a fork.
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+if WORKER_START == "forkserver":  # import torch once in the server, not in every worker
+    multiprocessing.set_forkserver_preload(["shards.reader"])
 
 log = logging.getLogger("msls.reader")
 
@@ -311,7 +318,13 @@ def load_split(
     parts = (
         iter(files[i] for i in range(len(files)))
         if workers <= 1
-        else DataLoader(files, batch_size=None, num_workers=workers, prefetch_factor=4)
+        else DataLoader(
+            files,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4,
+            multiprocessing_context=WORKER_START,
+        )
     )
     n = 0
     for part, labels, problem in track(parts, len(urls), f"decoding {split} shards"):
@@ -678,6 +691,7 @@ class StreamingBatches:
             pin_memory=self.device.type == "cuda",
             persistent_workers=True,
             prefetch_factor=4,
+            multiprocessing_context=WORKER_START,
         )
 
     def state_dict(self) -> dict:
