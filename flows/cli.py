@@ -6,6 +6,7 @@ It holds no logic of its own: it parses options, runs a flow, prints what came o
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from shards.layout import DATA_ROOT_ENV, DataLayout
@@ -34,6 +36,9 @@ def main(
     ] = None,
 ) -> None:
     ctx.obj = DataLayout.at(data_root)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+    logging.getLogger("msls").addHandler(handler)
+    logging.getLogger("msls").setLevel(logging.INFO)
 
 
 def fail(message: str) -> None:
@@ -102,6 +107,40 @@ def verify(
     console.print(
         f"dataset {report.version}: {report.samples} samples in {report.shards} shards, all good"
     )
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="Dataset version id, or latest.")] = "latest",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "auto",
+    steps: Annotated[int, typer.Option(help="Generator steps to train for.")] = 0,
+    epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = 0.0,
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 128,
+    loss: Annotated[str, typer.Option(help="bce, hinge or wgan-gp.")] = "bce",
+    generator: Annotated[str, typer.Option(help="transposed or upsample.")] = "transposed",
+    width: Annotated[int, typer.Option(help="ngf = ndf (64 is the paper's DCGAN).")] = 64,
+    cache: Annotated[str, typer.Option(help="auto, none, host or device.")] = "auto",
+    city_temperature: Annotated[float, typer.Option(help="1 natural, 0 city-balanced.")] = 1.0,
+    nproc: Annotated[int, typer.Option(help="Processes (devices) via torchrun.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[str, typer.Option(help="A run name or checkpoint.pt to continue.")] = "",
+) -> None:
+    """Train the DCGAN on a dataset version (progress bar, checkpoints, resume)."""
+    from tasks.train import train_job
+
+    layout: DataLayout = ctx.obj
+    with _errors():
+        job = train_job(
+            data_root=str(layout.root), dataset=dataset, device=device, steps=steps, epochs=epochs,
+            minutes=minutes, batch_size=batch_size, loss=loss, generator=generator, width=width,
+            cache=cache, city_temperature=city_temperature, nproc=nproc, seed=seed, resume=resume,
+        )  # fmt: skip
+        from tasks.train import train_model
+
+        result = train_model(job)
+    console.print(f"run {result['run']}: step {result['step']}, checkpoint {result['checkpoint']}")
 
 
 @contextlib.contextmanager

@@ -84,6 +84,43 @@ def _section(kind: type, values: dict):
     return kind(**values)
 
 
+def train_job(
+    data_root: str,
+    dataset: str = "latest",
+    device: str = "auto",
+    steps: int = 0,
+    epochs: float = 0.0,
+    minutes: float = 0.0,
+    batch_size: int = 128,
+    loss: str = "bce",
+    generator: str = "transposed",
+    width: int = 64,
+    cache: str = "auto",
+    city_temperature: float = 1.0,
+    nproc: int = 1,
+    seed: int = 0,
+    resume: str = "",
+    resolution: int | None = None,
+) -> TrainJob:
+    """A TrainJob from the flat options users set (CLI flags, flow parameters).
+
+    One place for the rules between options: WGAN-GP gets a discriminator without
+    BatchNorm (its penalty is per sample), and the model's resolution is the dataset's.
+    """
+    d_norm = "layer" if loss == "wgan-gp" else "batch"
+    model = ModelConfig(
+        resolution=resolution or 64, ngf=width, ndf=width, generator=generator, d_norm=d_norm
+    )
+    return TrainJob(
+        data_root=data_root, dataset=dataset, device=device, steps=steps, epochs=epochs,
+        minutes=minutes, nproc=nproc, resume=resume,
+        train=TrainConfig(batch_size=batch_size, loss=loss, seed=seed,
+                          d_steps=5 if loss == "wgan-gp" else 1),
+        model=model,
+        loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed),
+    )  # fmt: skip
+
+
 def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
@@ -140,6 +177,8 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
         if state is not None:  # the checkpoint's configs rebuild what it was trained with
             job = replace(job, **{k: _section(SECTIONS[k], state["job"][k]) for k in SECTIONS})
         version = DatasetVersion(DataLayout.at(job.data_root).dataset(job.dataset))
+        if state is None:  # the model is built for the dataset's resolution
+            job = replace(job, model=replace(job.model, resolution=version.resolution))
         batches = make_batches(
             version,
             "train",
