@@ -37,8 +37,10 @@ def main(
 ) -> None:
     ctx.obj = DataLayout.at(data_root)
     handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
-    logging.getLogger("msls").addHandler(handler)
-    logging.getLogger("msls").setLevel(logging.INFO)
+    logger = logging.getLogger("msls")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Prefect's root handler would print every line twice
 
 
 def fail(message: str) -> None:
