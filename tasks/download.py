@@ -19,9 +19,10 @@ import random
 import re
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -40,7 +41,7 @@ _MAX_WAIT_S = 120.0  # cap on one backoff sleep (and on a server's Retry-After)
 Progress = Callable[[int, "int | None"], None]  # (bytes in the .part so far, total or None)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ValueError):
     """One clear line: which file, what happened, what to do.
 
     `retryable` tells the Prefect wrapper whether trying the whole step again later could
@@ -203,7 +204,8 @@ def download_file(
         return dest
     part = dest.with_name(dest.name + ".part")
     failure: _Transient | None = None
-    for attempt in range(retries + 1):
+    attempts = max(0, retries) + 1
+    for attempt in range(attempts):
         if attempt:
             time.sleep(_backoff(attempt, backoff_s, failure))
         if expected_md5 is None:
@@ -212,7 +214,7 @@ def download_file(
             digest = _fetch_once(url, part, timeout_s, progress, links_file)
         except _Transient as exc:
             failure = exc
-            log.warning("%s: attempt %d/%d failed: %s", dest.name, attempt + 1, retries + 1, exc)
+            log.warning("%s: attempt %d/%d failed: %s", dest.name, attempt + 1, attempts, exc)
             continue
         if expected_md5 is None or digest.hexdigest() == expected_md5.lower():
             with atomic_path(dest) as tmp:
@@ -221,8 +223,8 @@ def download_file(
             return dest
         part.unlink(missing_ok=True)  # a bad byte anywhere: resuming would keep it
         failure = _Transient(f"md5 {digest.hexdigest()} is not {expected_md5}", corrupt=True)
-        log.warning("%s: attempt %d/%d failed: %s", dest.name, attempt + 1, retries + 1, failure)
-    raise _final_error(dest, url, failure, retries + 1)
+        log.warning("%s: attempt %d/%d failed: %s", dest.name, attempt + 1, attempts, failure)
+    raise _final_error(dest, url, failure, attempts)
 
 
 def _already_done(dest: Path, expected_md5: str | None) -> bool:
@@ -289,6 +291,7 @@ def _fetch_once(
 def _stream_into(
     client: httpx.Client, url: str, part: Path, progress: Progress | None, links_file: Path | None
 ) -> hashlib._Hash:
+    """Stream the response into `part`, hashing as it goes (the old part first, if resumed)."""
     offset = part.stat().st_size if part.exists() else 0
     # identity: Range offsets and the md5 both refer to the bytes as stored
     headers = {"Accept-Encoding": "identity"}
@@ -384,6 +387,7 @@ def download_all(
     )
     sums = _checksums_for(links, sums_path, urls_file)
     names = [name for name in links if name != CHECKSUMS_NAME]
+    stop = threading.Event()
     with _progress_reporters(names) as reporters, ThreadPoolExecutor(max(1, workers)) as pool:
         futures = {
             name: pool.submit(
@@ -391,18 +395,34 @@ def download_all(
                 links[name],
                 raw_dir / name,
                 expected_md5=sums[name],
-                progress=reporters[name],
+                progress=_stoppable(reporters[name], stop),
                 links_file=urls_file,
                 **options,
             )
             for name in names
         }
+        try:
+            wait(futures.values())
+        except BaseException:  # Ctrl-C or a cancelled flow: stop the workers at their next chunk
+            stop.set()
+            raise
     errors = [error for future in futures.values() if (error := future.exception())]
     for error in errors[1:]:
         log.error("%s", error)
     if errors:
         raise errors[0]
     return [sums_path] + [future.result() for future in futures.values()]
+
+
+def _stoppable(report: Progress, stop: threading.Event) -> Progress:
+    """`report`, but raising once `stop` is set: how a worker thread learns to quit."""
+
+    def call(done: int, total: int | None) -> None:
+        if stop.is_set():
+            raise DownloadError("download interrupted; run again to resume")
+        report(done, total)
+
+    return call
 
 
 def _checksums_for(links: dict[str, str], sums_path: Path, urls_file: Path) -> dict[str, str]:
@@ -457,38 +477,11 @@ class _LogProgress:
         log.info("%s: %d%% of %.1f MB", self.name, 100 * done // total, total / 1e6)
 
 
-# --- choosing the source -------------------------------------------------------------
-
-
-def acquire_source(source: str, raw_dir: Path) -> Path:
-    """The folder the later steps read the MSLS zips (or extracted tree) from.
-
-    `synthetic` draws the offline stand-in into `raw_dir`; an existing folder is used as
-    it is; an existing file is a list of signed links, downloaded into `raw_dir`.
-    """
-    raw_dir = Path(raw_dir)
-    if source == "synthetic":
-        from shards.synthetic import write_synthetic_source
-
-        write_synthetic_source(raw_dir)
-        return raw_dir
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.is_file():
-        download_all(path, raw_dir)
-        return raw_dir
-    raise DownloadError(
-        f"source {source}: not 'synthetic', a directory or a links file; pass --source "
-        "synthetic, a folder holding the MSLS zips, or a text file of their download links"
-    )
-
-
 # --- Prefect wrappers: they take the links file path, never the URLs (no secret lands
 # in recorded task parameters) --------------------------------------------------------
 
 
-def _worth_retrying(_task: object, _task_run: object, state: object) -> bool:
+def worth_retrying(_task: object, _task_run: object, state: object) -> bool:
     """Prefect retries the step only where waiting may help: never for expired links."""
     # raise_on_failure=False hands back the exception without re-raising it here
     error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
@@ -496,8 +489,5 @@ def _worth_retrying(_task: object, _task_run: object, state: object) -> bool:
 
 
 download_task = task(
-    name="download", retries=2, retry_delay_seconds=30, retry_condition_fn=_worth_retrying
+    name="download", retries=2, retry_delay_seconds=30, retry_condition_fn=worth_retrying
 )(download_all)
-acquire_source_task = task(
-    name="acquire-source", retries=2, retry_delay_seconds=30, retry_condition_fn=_worth_retrying
-)(acquire_source)

@@ -43,4 +43,12 @@ def acquire_source(
     )
 
 
-acquire_source_task = task(name="acquire-source", retries=2, retry_delay_seconds=30)(acquire_source)
+def _worth_retrying(task_: object, task_run: object, state: object) -> bool:
+    from tasks.download import worth_retrying
+
+    return worth_retrying(task_, task_run, state)
+
+
+acquire_source_task = task(
+    name="acquire-source", retries=2, retry_delay_seconds=30, retry_condition_fn=_worth_retrying
+)(acquire_source)

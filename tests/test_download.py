@@ -25,12 +25,12 @@ import pytest
 from tasks.download import (
     CHECKSUMS_NAME,
     DownloadError,
-    acquire_source,
     download_all,
     download_file,
     read_links,
     redact,
 )
+from tasks.source import SourceSpecError, acquire_source
 
 SECRET = "SECRET123"
 QUERY = f"?X-Amz-Signature={SECRET}&X-Amz-Expires=3600"
@@ -379,7 +379,7 @@ def test_acquire_source_downloads_a_links_file(s3: FakeS3, tmp_path: Path) -> No
 
 
 def test_acquire_source_refuses_garbage(tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match="not 'synthetic', a directory or a links file"):
+    with pytest.raises(SourceSpecError, match="not 'synthetic', a folder of MSLS zips"):
         acquire_source(str(tmp_path / "no-such-thing"), tmp_path / "raw")
 
 
@@ -392,3 +392,28 @@ def test_prefect_task_does_not_retry_expired_links() -> None:
     assert download_task.retries == 2
     assert not condition(download_task, None, Failed(data=DownloadError("403", retryable=False)))
     assert condition(download_task, None, Failed(data=DownloadError("drops", retryable=True)))
+
+
+@pytest.mark.slow
+def test_prefect_step_fails_fast_and_quietly_on_expired_links(
+    prefect_api,
+    s3: FakeS3,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from prefect import flow
+
+    from tasks.download import download_task
+
+    @flow
+    def fetch(links: Path, raw: Path) -> list[Path]:
+        return download_task(links, raw, **FAST)
+
+    s3.faults[VOL1] = ["403"] * 10
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="expired") as info:
+        fetch(s3.links_file(tmp_path), tmp_path / "raw")
+    assert time.monotonic() - started < 25  # no Prefect retry (its delay is 30 s)
+    assert len(s3.asked_for(VOL1)) == 1
+    _assert_secret_kept(caplog, capsys, info.value)
