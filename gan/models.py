@@ -1,8 +1,16 @@
-"""DCGAN generator and discriminator, as in Radford et al. and pytorch/examples.
+"""DCGAN generator and discriminator, as in Radford et al. (2015) and pytorch/examples.
 
-At 64 px with nz=100 and ngf=ndf=64 the parameter counts are exactly those of
-pytorch/examples/dcgan (G 3,576,704, D 2,765,568). D returns logits: a final Sigmoid
-with BCELoss is unsafe under autocast, BCE-with-logits is not.
+At 64 px with nz=100 and ngf=ndf=64 the layer stacks and parameter counts are exactly
+those of pytorch/examples/dcgan/main.py (G 3,576,704, D 2,765,568; every conv has
+bias=False, as there: a following BatchNorm makes a bias redundant).
+
+Where this differs from pytorch/examples, on purpose:
+- D returns logits [B]: Sigmoid + BCELoss is unsafe under autocast, BCE-with-logits is not.
+- One rule builds both resolutions: channels halve each time the resolution doubles.
+  At 128 px G therefore starts at ngf*16 (4x4x1024) and D ends at ndf*16, one stage
+  more than at 64 px (G 12,786,560 / D 11,164,416 parameters at the defaults).
+- generator="upsample" swaps each stride-2 transposed conv for nearest x2 + 3x3 conv:
+  fewer weights (G 2,371,136 at 64 px), no checkerboard artefacts.
 """
 
 from __future__ import annotations
@@ -11,72 +19,83 @@ import itertools
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
+RESOLUTIONS = (64, 128)
+FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture; saved with every checkpoint and re-applied on load."""
+    """The architecture; saved with every checkpoint and re-applied on load."""
 
-    resolution: int = 64  # 64 or 128
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    generator: str = "transposed"  # transposed | upsample (nearest + conv: no checkerboard)
-    d_norm: str = "batch"  # batch | layer | none (WGAN-GP's penalty is per sample: no BatchNorm)
+    resolution: int = 64  # 64 or 128 px, square
+    nz: int = 100  # latent size
+    ngf: int = 64  # generator width: channels of its last hidden stage
+    ndf: int = 64  # discriminator width: channels of its first stage
+    generator: str = "transposed"  # transposed | upsample (nearest + 3x3 conv: no checkerboard)
+    d_norm: str = "batch"  # batch | layer | none (WGAN-GP's per-sample penalty: not batch)
 
     def __post_init__(self) -> None:
-        if self.resolution not in (64, 128):
+        if self.resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be 64 or 128, got {self.resolution}")
-        if min(self.nz, self.ngf, self.ndf) < 1:
-            raise ValueError("nz, ngf and ndf must be >= 1")
+        for name in ("nz", "ngf", "ndf"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+            raise ValueError(f"generator must be transposed or upsample, got {self.generator!r}")
         if self.d_norm not in D_NORMS:
-            raise ValueError(f"d_norm must be one of {D_NORMS}, got {self.d_norm!r}")
+            raise ValueError(f"d_norm must be batch, layer or none, got {self.d_norm!r}")
 
     @property
     def stages(self) -> int:
-        """Stride-2 stages between 4x4 and the output: 4 at 64 px, 5 at 128 px."""
-        return 4 if self.resolution == 64 else 5
+        """Stride-2 stages between 4x4 and the image: 4 at 64 px, 5 at 128 px."""
+        return RESOLUTIONS.index(self.resolution) + 4
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def _up(cin: int, cout: int, kind: str) -> nn.Module:
-    """Double the spatial size: a 4x4 stride-2 transposed conv, or nearest + 3x3 conv."""
+    """Double the spatial size: 4x4 stride-2 transposed conv, or nearest x2 + 3x3 conv.
+
+    Nearest + conv gives every output pixel the same number of kernel taps, so it
+    cannot draw the checkerboard that overlapping transposed-conv strides leave.
+    """
     if kind == "transposed":
         return nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
     return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
     )
 
 
-def _d_norm(channels: int, kind: str) -> nn.Module:
+def _norm(channels: int, kind: str) -> nn.Module:
+    """D's normalisation. "layer" is LayerNorm over (C, H, W) of each sample: GroupNorm(1, C)."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "layer":
-        return nn.GroupNorm(1, channels)  # layer norm over (C, H, W) of each sample
+        return nn.GroupNorm(1, channels)
     return nn.Identity()
 
 
 class Generator(nn.Module):
-    """z [B, nz] -> image [B, 3, R, R] in [-1, 1].
+    """z float [B, nz] -> images float [B, 3, R, R] in [-1, 1].
 
-    64 px: nz -> 4x4x(ngf*8) -> 8x8x(ngf*4) -> 16x16x(ngf*2) -> 32x32xngf -> 64x64x3.
-    128 px starts at ngf*16 and has one more stage.
+    64 px (ngf=64): nz -> 4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3.
+    128 px starts at 4x4x(ngf*16) and has one more stage.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.nz = config.nz
-        widths = [config.ngf * 2**i for i in reversed(range(config.stages))]  # e.g. 512..64
+        widths = [config.ngf * 2**i for i in reversed(range(config.stages))]  # 512 .. 64
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(config.nz, widths[0], 4, 1, 0, bias=False),
+            nn.ConvTranspose2d(config.nz, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -86,43 +105,59 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.view(z.shape[0], self.nz, 1, 1))
+        return self.main(z.reshape(z.shape[0], self.nz, 1, 1))
 
 
 class Discriminator(nn.Module):
-    """image [B, 3, R, R] -> logits [B].
+    """images float [B, 3, R, R] -> logits float [B] (no Sigmoid).
 
-    64 px: 64x64x3 -> 32x32xndf -> 16x16x(ndf*2) -> 8x8x(ndf*4) -> 4x4x(ndf*8) -> 1.
-    No normalisation on the first layer (as in the paper).
+    64 px (ndf=64): 64x64x3 -> 32x32x64 -> 16x16x128 -> 8x8x256 -> 4x4x512 -> 1.
+    Each stage is conv 4x4 stride 2, norm, LeakyReLU(0.2); the first has no norm
+    (as in the paper). 128 px has one more stage, ending at 4x4x(ndf*16).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        widths = [config.ndf * 2**i for i in range(config.stages)]  # e.g. 64..512
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, widths[0], 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, True),
-        ]
+        widths = [config.ndf * 2**i for i in range(config.stages)]  # 64 .. 512
+        first = nn.Sequential(nn.Conv2d(3, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True))
+        self.stages = nn.ModuleList([first])
         for cin, cout in itertools.pairwise(widths):
-            layers += [
-                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
-                _d_norm(cout, config.d_norm),
-                nn.LeakyReLU(0.2, True),
-            ]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)
+            self.stages.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                    _norm(cout, config.d_norm),
+                    nn.LeakyReLU(0.2, True),
+                )
+            )
+        self.head = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)  # 4x4 -> 1x1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x)).flatten()
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x).flatten()
 
-    @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """float [B, F]: the last stage's 4x4 maps, flattened (the DCGAN paper's probe input)."""
-        return self.body(x).float().flatten(1)
+        """images [B, 3, R, R] -> float32 [B, F]: the input to a linear probe.
+
+        The last two stages' activations, each max-pooled to a 4x4 grid (the DCGAN
+        paper's probe pooled every layer that way), flattened and concatenated:
+        F = 16 * (ndf*4 + ndf*8) = 12,288 at 64 px, 16 * (ndf*8 + ndf*16) = 24,576 at
+        128 px. Call `D.eval()` first so BatchNorm uses its running statistics, and
+        wrap in torch.no_grad() unless gradients are wanted.
+        """
+        pooled = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= len(self.stages) - 2:
+                pooled.append(F.adaptive_max_pool2d(x, FEATURE_GRID).flatten(1))
+        return torch.cat(pooled, dim=1).float()
 
 
 def weights_init(module: nn.Module) -> None:
-    """DCGAN init: conv weights N(0, 0.02); norm weights N(1, 0.02), biases 0."""
+    """DCGAN init (pytorch/examples): conv weights N(0, 0.02); norm weights N(1, 0.02), bias 0.
+
+    Use as `model.apply(weights_init)`.
+    """
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
@@ -131,6 +166,7 @@ def weights_init(module: nn.Module) -> None:
 
 
 def build_models(config: ModelConfig) -> tuple[Generator, Discriminator]:
+    """G and D for `config`, DCGAN-initialised, on the CPU in fp32."""
     generator, discriminator = Generator(config), Discriminator(config)
     generator.apply(weights_init)
     discriminator.apply(weights_init)

@@ -52,7 +52,7 @@ class TrainConfig:
         for ok, message in rules:
             if not ok:
                 raise ValueError(message)
-        make_loss(self.loss)  # unknown names fail here, before any work
+        make_loss(self.loss, self.label_smoothing)  # bad names or combinations fail here
 
     def as_dict(self) -> dict:
         return asdict(self)

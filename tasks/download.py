@@ -405,6 +405,8 @@ def download_all(
             wait(futures.values())
         except BaseException:  # Ctrl-C or a cancelled flow: stop the workers at their next chunk
             stop.set()
+            for future in futures.values():
+                future.cancel()  # queued files never start
             raise
     errors = [error for future in futures.values() if (error := future.exception())]
     for error in errors[1:]:

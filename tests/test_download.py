@@ -261,6 +261,15 @@ def test_part_already_complete_gets_416_and_is_verified(s3: FakeS3, tmp_path: Pa
     _assert_complete(s3, raw)
 
 
+def test_part_longer_than_the_file_is_restarted(s3: FakeS3, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / f"{VOL1}.part").write_bytes(s3.files[VOL1] + b"junk")  # 416, md5 wrong: start over
+    download_all(s3.links_file(tmp_path), raw, **FAST)
+    assert s3.asked_for(VOL1) == [f"bytes={len(s3.files[VOL1]) + 4}-", None]
+    _assert_complete(s3, raw)
+
+
 def test_server_ignoring_range_starts_over(s3: FakeS3, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -1,0 +1,168 @@
+"""DCGAN models: exact pytorch/examples sizes, shapes at both resolutions, init, EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gan.ema import EMA
+from gan.models import (
+    GENERATORS,
+    RESOLUTIONS,
+    Discriminator,
+    Generator,
+    ModelConfig,
+    build_models,
+    weights_init,
+)
+
+SMALL = {"nz": 16, "ngf": 8, "ndf": 8}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds sync cost (10x on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_default_sizes_are_pytorch_examples_dcgan():
+    generator, discriminator = build_models(ModelConfig())
+    assert n_params(generator) == 3_576_704
+    assert n_params(discriminator) == 2_765_568
+
+
+def test_128px_sizes_are_the_documented_ones():
+    config = ModelConfig(resolution=128)
+    assert n_params(Generator(config)) == 12_786_560
+    assert n_params(Discriminator(config)) == 11_164_416
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+@pytest.mark.parametrize("kind", GENERATORS)
+def test_shapes(resolution, kind):
+    config = ModelConfig(resolution=resolution, generator=kind, **SMALL)
+    generator, discriminator = build_models(config)
+    images = generator(torch.randn(3, config.nz))
+    assert images.shape == (3, 3, resolution, resolution)
+    assert images.dtype == torch.float32
+    assert images.abs().max() <= 1.0
+    assert discriminator(images).shape == (3,)
+    # the last two stages (64 px: ndf*4, ndf*8; 128 px: ndf*8, ndf*16), pooled to 4x4
+    widest = config.ndf * 2 ** (config.stages - 1)
+    assert discriminator.features(images).shape == (3, 16 * (widest // 2 + widest))
+
+
+def test_upsample_generator_has_no_stride_2_transposed_conv():
+    generator = Generator(ModelConfig(generator="upsample", **SMALL))
+    transposed = [m for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.stride for m in transposed] == [(1, 1)]  # only the 1x1 -> 4x4 projection
+    assert sum(isinstance(m, nn.Upsample) for m in generator.modules()) == 4
+
+
+def test_discriminator_has_no_norm_on_its_first_stage_and_none_in_layer_mode():
+    batch = Discriminator(ModelConfig(**SMALL))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in batch.stages[0].modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in batch.modules()) == 3
+    layer = Discriminator(ModelConfig(d_norm="layer", **SMALL))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in layer.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in layer.modules()) == 3
+
+
+def test_channels_last_gives_the_same_logits():
+    generator, discriminator = build_models(ModelConfig(**SMALL))
+    discriminator.eval()
+    images = generator(torch.randn(2, SMALL["nz"])).detach()
+    expected = discriminator(images)
+    discriminator.to(memory_format=torch.channels_last)
+    got = discriminator(images.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_weights_init_is_dcgan_normal():
+    generator, discriminator = build_models(ModelConfig())
+    modules = [*generator.modules(), *discriminator.modules()]
+    convs = torch.cat(
+        [m.weight.flatten() for m in modules if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    )
+    norms = [m for m in modules if isinstance(m, nn.BatchNorm2d)]
+    gammas = torch.cat([m.weight for m in norms])
+    assert abs(convs.mean().item()) < 1e-3 and abs(convs.std().item() - 0.02) < 1e-3
+    assert abs(gammas.mean().item() - 1.0) < 5e-3 and abs(gammas.std().item() - 0.02) < 5e-3
+    assert all(torch.all(m.bias == 0) for m in norms)
+
+
+def test_weights_init_leaves_other_modules_alone():
+    linear = nn.Linear(4, 4)
+    before = linear.weight.clone()
+    weights_init(linear)
+    assert torch.equal(linear.weight, before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"resolution": 96}, "resolution must be 64 or 128, got 96"),
+        ({"nz": 0}, "nz must be a positive integer, got 0"),
+        ({"generator": "pixelshuffle"}, "generator must be transposed or upsample"),
+        ({"d_norm": "spectral"}, "d_norm must be batch, layer or none"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_config_as_dict_round_trips():
+    config = ModelConfig(resolution=128, generator="upsample", d_norm="layer")
+    assert ModelConfig(**config.as_dict()) == config
+
+
+def _tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+
+def test_ema_moves_towards_the_model_and_copies_buffers():
+    model = _tiny_model()
+    ema = EMA(model, beta=0.9)
+    start = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.fill_(5.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)
+    for averaged, old in zip(ema.model.parameters(), start):
+        assert torch.allclose(averaged, old + 0.1)  # (1 - beta) of the way to +1
+    assert torch.equal(ema.model[1].running_mean, torch.full((4,), 5.0))
+    assert ema.model[1].num_batches_tracked.item() == 7
+
+
+def test_ema_model_is_a_frozen_eval_copy_and_state_round_trips():
+    model = _tiny_model()
+    ema = EMA(model)
+    assert not ema.model.training
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the original is untouched
+    other = EMA(_tiny_model())
+    other.load_state_dict(ema.state_dict())
+    for a, b in zip(other.model.state_dict().values(), ema.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ema_of_identical_weights_stays_put():
+    model = _tiny_model()
+    ema = EMA(model, beta=0.5)
+    ema.update(model)
+    for a, b in zip(ema.model.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert math.isclose(ema.beta, 0.5)
