@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,20 +130,200 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[str, typer.Option(help="A run name or checkpoint.pt to continue.")] = "",
 ) -> None:
-    """Train the DCGAN on a dataset version (progress bar, checkpoints, resume)."""
-    from tasks.train import train_job
+    """Train, render and evaluate on a dataset version; tracked in MLflow.
+
+    With --nproc > 1 it trains under torchrun without tracking or evaluation.
+    """
+    layout: DataLayout = ctx.obj
+    options = dict(
+        dataset=dataset,
+        device=device,
+        steps=steps,
+        epochs=epochs,
+        minutes=minutes,
+        batch_size=batch_size,
+        loss=loss,
+        generator=generator,
+        width=width,
+        cache=cache,
+        city_temperature=city_temperature,
+        seed=seed,
+        resume=resume,
+    )
+    with _errors():
+        if nproc > 1:
+            from tasks.train import train_job, train_model
+
+            result = train_model(train_job(data_root=str(layout.root), nproc=nproc, **options))
+        else:
+            from flows.train import train as train_flow
+
+            result = train_flow(source=None, data_root=str(layout.root), **options)
+    console.print(f"run {result['run']}: checkpoint {result['checkpoint']}")
+    if "report" in result:
+        console.print(
+            f"report: {result['report']}\nMLflow run: {result['mlflow_run_id']} (`msls ui`)"
+        )
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt from data/runs/<run>/.")],
+    n: Annotated[int, typer.Option(help="Images to draw.")] = 64,
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("grid.png"),
+    truncation: Annotated[
+        float | None, typer.Option(help="Redraw latents with |z| > T (sharper, less varied).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Latent seed: the same seed, the same images.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
+) -> None:
+    """Draw a grid of samples from a checkpoint's EMA generator."""
+    import math
+
+    from gan.accelerators import resolve_accelerator
+    from gan.render import image_grid, save_image
+    from gan.sampling import generate, load_generator
+
+    with _errors():
+        if n < 1:
+            raise ValueError(f"--n must be >= 1, got {n}")
+        accelerator = resolve_accelerator(device)
+        G, _, _ = load_generator(checkpoint, accelerator.device)
+        images = generate(G, n, seed=seed, device=accelerator.device, truncation=truncation)
+        save_image(image_grid(images, math.ceil(math.sqrt(n))), out)
+    console.print(f"{n} samples -> {out}")
+
+
+@app.command()
+def interpolate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt from data/runs/<run>/.")],
+    out: Annotated[Path, typer.Option(help="GIF to write.")] = Path("walk.gif"),
+    points: Annotated[int, typer.Option(help="Latents each loop walks through.")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames between two latents.")] = 16,
+    seed: Annotated[int, typer.Option(help="Latent seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
+) -> None:
+    """A GIF of looping SLERP walks through latent space, side by side."""
+    from gan.accelerators import resolve_accelerator
+    from gan.render import interpolation_gif
+    from gan.sampling import load_generator
+
+    with _errors():
+        G, _, _ = load_generator(checkpoint, resolve_accelerator(device).device)
+        interpolation_gif(G, out, n_points=points, frames=frames, seed=seed)
+    console.print(f"{points * frames} frames -> {out}")
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """The MLflow UI on the data root's tracking store, until Ctrl-C."""
+    import os
+    import socket
+
+    from tasks.track import tracking_uri
 
     layout: DataLayout = ctx.obj
     with _errors():
-        job = train_job(
-            data_root=str(layout.root), dataset=dataset, device=device, steps=steps, epochs=epochs,
-            minutes=minutes, batch_size=batch_size, loss=loss, generator=generator, width=width,
-            cache=cache, city_temperature=city_temperature, nproc=nproc, seed=seed, resume=resume,
-        )  # fmt: skip
-        from tasks.train import train_model
+        uri = tracking_uri(layout.root)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ValueError(f"port {port} on 127.0.0.1 is in use; try --port") from None
+    artifacts = layout.root.resolve() / "mlartifacts"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--workers",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # 2 processes instead of 16
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    console.print(f"MLflow UI: http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
+    sys.stdout.flush()
+    # Become the server: Ctrl-C and kill reach it directly, no orphan is left behind, and
+    # the ~800 MB of torch and Prefect this process imported are not held while it runs.
+    os.execve(sys.executable, command, env)
 
-        result = train_model(job)
-    console.print(f"run {result['run']}: step {result['step']}, checkpoint {result['checkpoint']}")
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt from data/runs/<run>/.")],
+    dataset: Annotated[str | None, typer.Option(help="Version to judge against.")] = None,
+    inception_weights: Annotated[
+        Path | None, typer.Option(help="Local Inception weights: enables FID and KID.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Generated images to judge.")] = 2048,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "auto",
+) -> None:
+    """Judge a checkpoint: evaluation.json and report.html beside it."""
+    from tasks.evaluate import evaluate_checkpoint, summary_markdown
+
+    layout: DataLayout = ctx.obj
+    with _errors():
+        result = evaluate_checkpoint(
+            checkpoint, layout.root, dataset, inception_weights, samples, device=device
+        )
+    console.print(summary_markdown(result), highlight=False)
+    console.print(f"written: {checkpoint.parent / 'evaluation.json'}, report.html")
+
+
+@app.command()
+def quickstart(
+    ctx: typer.Context,
+    minutes: Annotated[float, typer.Option(help="Training budget of the demo run.")] = 2.0,
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+) -> None:
+    """The whole job: local Prefect server, worker and MLflow; deploy; run msls-train."""
+    from flows.services import ServiceError, Services
+
+    layout: DataLayout = ctx.obj
+    services = Services(layout, prefect_port, mlflow_port)
+    try:
+        for step, action in [
+            ("Prefect server", services.start_prefect),
+            ("MLflow server", services.start_mlflow),
+            ("deployments", services.deploy),
+            ("worker", services.start_worker),
+        ]:
+            console.print(f"[bold]starting {step}[/]")
+            action()
+        console.print("[bold]running msls-train/msls-train[/] (synthetic MSLS, CPU-sized)")
+        params = {"data_root": str(layout.root.resolve()), "minutes": minutes}
+        services.run_training(params, timeout=1800)
+    except (ServiceError, OSError, subprocess.TimeoutExpired) as exc:
+        fail(f"{exc}; `msls stop` ends the services")
+    console.print(
+        f"done. Prefect UI: {services.prefect_url}  MLflow UI: {services.mlflow_url}\n"
+        f"report: the newest {layout.runs}/*/report.html\n`msls stop` ends the services."
+    )
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the Prefect server, worker and MLflow server that quickstart started."""
+    from flows.services import Services
+
+    stopped = Services(ctx.obj).stop()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 @contextlib.contextmanager

@@ -94,6 +94,10 @@ def fit(
                 _log_metrics(run_dir, trainer, metrics, callbacks)
         if trainer.step % loop.checkpoint_every == 0:
             _checkpoint(checkpoint, trainer, batches, extra_state, callbacks)
+    if window.steps:  # the steps since the last log line (a short run may have no other)
+        metrics = window.flush(trainer)
+        if trainer.world.is_main:
+            _log_metrics(run_dir, trainer, metrics, callbacks)
     _checkpoint(checkpoint, trainer, batches, extra_state, callbacks)
     if trainer.world.is_main:
         for callback in callbacks:

@@ -8,6 +8,7 @@ process per device, and reads the result rank 0 leaves in the run directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -30,6 +31,7 @@ from shards.dataset import resolve_version
 from shards.layout import DataLayout
 from shards.provenance import code_version
 from shards.reader import DatasetVersion, LoaderConfig, make_batches
+from shards.retention import lease
 
 SECTIONS = {"train": TrainConfig, "model": ModelConfig, "loader": LoaderConfig, "loop": LoopConfig}
 
@@ -118,6 +120,7 @@ def train_job(
                           d_steps=5 if loss == "wgan-gp" else 1),
         model=model,
         loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed),
+        loop=LoopConfig(log_every=20),  # a CPU demo makes ~2 steps/s: a point every ~10 s
     )  # fmt: skip
 
 
@@ -179,31 +182,39 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
         version = DatasetVersion(DataLayout.at(job.data_root).dataset(job.dataset))
         if state is None:  # the model is built for the dataset's resolution
             job = replace(job, model=replace(job.model, resolution=version.resolution))
-        batches = make_batches(
-            version,
-            "train",
-            replace(job.loader, batch_size=job.train.batch_size),
-            rank=world.rank,
-            world_size=world.size,
-            device=accelerator.device,
+        held = (
+            lease(DataLayout.at(job.data_root), job.dataset, f"train-{run_dir.name}-{world.rank}")
+            if world.is_main
+            else contextlib.nullcontext()
         )
-        trainer = Trainer(job.train, job.model, accelerator, world)
-        if state is not None:
-            restore(trainer, batches, state)
-        budget = _budget(job, version, world, trainer.step)
-        if world.is_main:
-            write_text(
-                run_dir / "options.json",
-                options_json(
-                    job=job.to_dict(),
-                    code_version=code_version(),
-                    accelerator=accelerator.kind,
-                    world_size=world.size,
-                ),
+        with held:  # no pruning of this version while it is read
+            batches = make_batches(
+                version,
+                "train",
+                replace(job.loader, batch_size=job.train.batch_size),
+                rank=world.rank,
+                world_size=world.size,
+                device=accelerator.device,
             )
-        progress = ProgressCallback(budget.steps or None)
-        extra = {"job": job.to_dict(), "code_version": code_version(), "dataset": job.dataset}
-        checkpoint = fit(trainer, batches, budget, run_dir, job.loop, [progress, *callbacks], extra)
+            trainer = Trainer(job.train, job.model, accelerator, world)
+            if state is not None:
+                restore(trainer, batches, state)
+            budget = _budget(job, version, world, trainer.step)
+            if world.is_main:
+                write_text(
+                    run_dir / "options.json",
+                    options_json(
+                        job=job.to_dict(),
+                        code_version=code_version(),
+                        accelerator=accelerator.kind,
+                        world_size=world.size,
+                    ),
+                )
+            progress = ProgressCallback(budget.steps or None)
+            extra = {"job": job.to_dict(), "code_version": code_version(), "dataset": job.dataset}
+            checkpoint = fit(
+                trainer, batches, budget, run_dir, job.loop, [progress, *callbacks], extra
+            )
         result = {
             "run": run_dir.name,
             "run_dir": str(run_dir),
@@ -234,7 +245,23 @@ def _budget(job: TrainJob, version: DatasetVersion, world: World, step: int) -> 
     return Budget(steps=steps, minutes=job.minutes)
 
 
-train_task = task(name="train")(train_model)
+def train_tracked(job: TrainJob, sample_every: int = 100) -> dict:
+    """`train_model` tracked in MLflow, with fixed-noise sample grids: what the flow runs.
+
+    Tracking runs in this process, so it covers single-process runs (`nproc` 1).
+    """
+    from gan.render import SampleGridCallback
+    from tasks.track import MlflowCallback, pin_run, run_id_of
+
+    if job.nproc > 1:
+        raise ValueError("tracked training runs one process; use `msls train --nproc` untracked")
+    job, run_dir = pin_run(job)
+    grids = SampleGridCallback(run_dir, sample_every)
+    result = train_model(job, [grids, MlflowCallback(job, run_dir)])
+    return {**result, "mlflow_run_id": run_id_of(run_dir)}
+
+
+train_task = task(name="train")(train_tracked)
 
 
 def main() -> None:

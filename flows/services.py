@@ -1,0 +1,229 @@
+"""Local services for the one-command job: a Prefect server, a process worker, MLflow.
+
+`quickstart` starts what is not running yet (all bound to 127.0.0.1, homes under the
+data root), deploys prefect.yaml, runs `prefect deployment run msls-train/msls-train
+--watch`, and leaves the services up for browsing; `stop` ends them. Every step that
+fails stops the whole thing with its reason and the log file to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from shards.atomic import write_text
+from shards.layout import DataLayout
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = "msls-local"
+DEPLOYMENT = "msls-train/msls-train"
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or a step failed; the message names the log to read."""
+
+
+@dataclass(frozen=True)
+class Services:
+    layout: DataLayout
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.layout.root / "services.json"
+
+    def env(self) -> dict[str, str]:
+        """Environment for every command: our server, our homes, no telemetry."""
+        root = self.layout.root.resolve()
+        return {
+            **os.environ,
+            "PREFECT_HOME": str(root / "prefect"),
+            "PREFECT_API_URL": f"{self.prefect_url}/api",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "msls",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MSLS_DATA": str(root),
+            "DO_NOT_TRACK": "1",
+        }
+
+    def _log(self, name: str) -> Path:
+        path = self.layout.root / "logs" / f"{name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _spawn(self, name: str, args: list[str]) -> int:
+        """Start a long-running command in its own session; record its pid."""
+        with open(self._log(name), "ab") as log:
+            process = subprocess.Popen(
+                args,
+                cwd=REPO,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state = self._state()
+        state[name] = process.pid
+        write_text(self.state_file, json.dumps(state))
+        return process.pid
+
+    def _state(self) -> dict[str, int]:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def _run(self, name: str, args: list[str], timeout: float = 600) -> str:
+        """Run a short command to completion; ServiceError with its output if it fails."""
+        done = subprocess.run(
+            args,
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        with open(self._log(name), "a") as log:
+            log.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["(no output)"]
+            raise ServiceError(f"{name} failed ({tail[0]}); see {self._log(name)}")
+        return done.stdout
+
+    def start_prefect(self) -> None:
+        if _healthy(f"{self.prefect_url}/api/health"):
+            return
+        self._spawn(
+            "prefect-server",
+            [
+                *_bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.prefect_port),
+            ],
+        )
+        _wait(f"{self.prefect_url}/api/health", 120, self._log("prefect-server"))
+
+    def start_mlflow(self) -> None:
+        if _healthy(f"{self.mlflow_url}/health"):
+            return
+        root = self.layout.root.resolve()
+        self._spawn(
+            "mlflow-server",
+            [
+                *_bin("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "mlartifacts"),
+            ],
+        )
+        _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"))
+
+    def deploy(self) -> None:
+        """The work pool (process) and every deployment in prefect.yaml."""
+        pools = self._run("work-pool", [*_bin("prefect"), "work-pool", "ls"])
+        if POOL not in pools:
+            self._run(
+                "work-pool", [*_bin("prefect"), "work-pool", "create", POOL, "--type", "process"]
+            )
+        self._run("deploy", [*_bin("prefect"), "--no-prompt", "deploy", "--all"])
+
+    def start_worker(self) -> None:
+        if "prefect-worker" in self._state() and _alive(self._state()["prefect-worker"]):
+            return
+        self._spawn(
+            "prefect-worker",
+            [*_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+        )
+
+    def run_training(self, params: dict[str, object], timeout: float) -> None:
+        """`prefect deployment run msls-train/msls-train --watch`; ServiceError unless Completed."""
+        args = [
+            *_bin("prefect"),
+            "deployment",
+            "run",
+            DEPLOYMENT,
+            "--watch",
+            "--watch-timeout",
+            str(int(timeout)),
+        ]
+        for key, value in params.items():
+            args += [
+                "--param",
+                f"{key}={json.dumps(value) if not isinstance(value, str) else value}",
+            ]
+        process = subprocess.run(args, cwd=REPO, env=self.env(), timeout=timeout + 60)
+        if process.returncode != 0:
+            raise ServiceError(
+                f"{DEPLOYMENT} did not complete (exit {process.returncode}); see the log above "
+                f"and {self._log('prefect-worker')}"
+            )
+
+    def stop(self) -> list[str]:
+        """End every service this data root started; returns their names."""
+        stopped = []
+        for name, pid in self._state().items():
+            if _alive(pid):
+                os.killpg(pid, signal.SIGTERM)
+                stopped.append(name)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+
+def _bin(name: str) -> list[str]:
+    """The command of this environment's `prefect` or `mlflow` (beside this Python)."""
+    path = Path(sys.executable).parent / name
+    return [str(path)] if path.exists() else [name]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait(url: str, seconds: float, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return
+        time.sleep(0.5)
+    raise ServiceError(f"{url} did not come up within {seconds:.0f} s; see {log}")

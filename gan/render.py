@@ -1,0 +1,288 @@
+"""Pictures of a generator: grids, a training timelapse, latent walks, memorisation checks.
+
+Pure torch/PIL/numpy (plus shards/ for real images), so it runs wherever training
+does. Every render uses the EMA generator in eval mode on seeded latents drawn on the
+CPU (gan.sampling), so the same seed gives the same picture on every device.
+
+Real images for display are the centre R x R window of each stored 2:1 strip.
+Comparisons between images use one fixed, cheap feature space: 16 x 16 area-downsampled
+RGB pixels (768 numbers), Euclidean distance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+from gan.augment import to_uint8
+from gan.models import Generator
+from gan.sampling import generate, latents, slerp
+from shards.atomic import atomic_path
+from shards.reader import DatasetVersion, decode_jpegs, read_shard
+
+PADDING = 2  # pixels between grid cells
+FEATURE_SIDE = 16  # the nearest-neighbour feature space: 16 x 16 x 3 pixels
+LABEL_WIDTH = 72  # pixels of city name left of each row
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = PADDING) -> Image.Image:
+    """uint8 [N,3,H,W] -> one RGB image, `nrow` per row.
+
+    Size: (nrow*(W+p)+p) x (rows*(H+p)+p) with rows = ceil(N/nrow), p = padding.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"need uint8 [N,3,H,W] images, got {images.dtype} {list(images.shape)}")
+    grid = make_grid(images.cpu(), nrow=max(1, min(nrow, len(images))), padding=padding)
+    return Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy(), "RGB")
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically (a killed render never leaves half a file)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_gif(frames: list[Image.Image], path: str | Path, ms_per_frame: int = 80) -> Path:
+    """An endlessly looping GIF of `frames` (one GIF frame each), written atomically."""
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    with atomic_path(path) as tmp:
+        frames[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=ms_per_frame,
+            loop=0,
+            optimize=False,
+            disposal=1,
+        )
+    return Path(path)
+
+
+def _device(G: Generator) -> torch.device:
+    """Where G's weights live (any module holding parameters or buffers)."""
+    return next(itertools.chain(G.parameters(), G.buffers())).device
+
+
+class SampleGridCallback:
+    """The EMA generator on fixed noise every `every_n_steps`, and a timelapse at the end.
+
+    Grids go to `run_dir/samples/step-000500.png`; at the end, `timelapse.gif` strings
+    every grid in the folder together (a resumed run continues the same timelapse).
+    The loop calls back at logging and checkpoint steps, so a grid is drawn at the
+    first of those at or after each multiple of `every_n_steps`, and one at the end.
+    """
+
+    def __init__(self, run_dir: str | Path, every_n_steps: int, n: int = 64, seed: int = 0):
+        if every_n_steps < 1 or n < 1:
+            raise ValueError("every_n_steps and n must be >= 1")
+        self.dir = Path(run_dir) / "samples"
+        self.every, self.n, self.seed = every_n_steps, n, seed
+        self.nrow = math.ceil(math.sqrt(n))
+        self.paths = sorted(self.dir.glob("step-*.png")) if self.dir.is_dir() else []
+        self.last = _step_of(self.paths[-1]) if self.paths else None
+
+    def render(self, trainer) -> Path:
+        G = trainer.ema.model
+        images = generate(G, self.n, seed=self.seed, device=trainer.acc.device)
+        path = save_image(image_grid(images, self.nrow), self.dir / f"step-{trainer.step:06d}.png")
+        if path not in self.paths:
+            self.paths.append(path)
+        self.last = trainer.step
+        return path
+
+    def _maybe_render(self, trainer) -> None:
+        due = trainer.step // self.every * self.every
+        if due > 0 and (self.last is None or self.last < due):
+            self.render(trainer)
+
+    def on_log(self, trainer, metrics: dict[str, float]) -> None:
+        self._maybe_render(trainer)
+
+    def on_checkpoint(self, trainer, path: Path) -> None:
+        self._maybe_render(trainer)
+
+    def on_end(self, trainer) -> None:
+        if self.last != trainer.step:
+            self.render(trainer)
+        frames = [Image.open(p).convert("RGB") for p in self.paths]
+        save_gif(frames, self.dir / "timelapse.gif", ms_per_frame=250)
+
+
+def _step_of(path: Path) -> int:
+    match = re.fullmatch(r"step-(\d+)\.png", path.name)
+    return int(match.group(1)) if match else -1
+
+
+@torch.no_grad()
+def interpolation_frames(
+    G: Generator, n_points: int = 4, frames: int = 16, seed: int = 0, size: tuple[int, int] = (2, 4)
+) -> list[Image.Image]:
+    """`rows x cols` closed SLERP loops side by side ("Nowhere, USA").
+
+    Each loop walks through `n_points` random latents and back to the first, `frames`
+    steps per leg: n_points * frames frames in all, the last leading into the first.
+    """
+    rows, cols = size
+    loops = rows * cols
+    if n_points < 2 or frames < 1 or loops < 1:
+        raise ValueError("need n_points >= 2, frames >= 1 and at least one loop")
+    keys = latents(loops * n_points, G.nz, seed).reshape(loops, n_points, G.nz)
+    t = torch.arange(frames, dtype=torch.float32).div(frames).reshape(frames, 1, 1)
+    legs = [slerp(keys[:, i], keys[:, (i + 1) % n_points], t) for i in range(n_points)]
+    z = torch.cat(legs).flatten(0, 1)  # [n_points*frames*loops, nz], frame-major
+    device = _device(G)
+    images = torch.cat([to_uint8(G(chunk.to(device))).cpu() for chunk in z.split(256)])
+    return [image_grid(frame, cols) for frame in images.split(loops)]
+
+
+def interpolation_gif(
+    G: Generator,
+    path: str | Path,
+    n_points: int = 4,
+    frames: int = 16,
+    seed: int = 0,
+    size: tuple[int, int] = (2, 4),
+) -> Path:
+    """Write `interpolation_frames` as a looping GIF (n_points * frames frames)."""
+    return save_gif(interpolation_frames(G, n_points, frames, seed, size), path)
+
+
+def centre(strips: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,3,R,W] strips -> their centre R x R windows, uint8 [N,3,R,R]."""
+    side, width = strips.shape[-2], strips.shape[-1]
+    left = (width - side) // 2
+    return strips[..., left : left + side]
+
+
+def features(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,3,H,W] -> float [N, 768]: 16 x 16 area-downsampled pixels in [0, 1]."""
+    small = F.adaptive_avg_pool2d(images.float().div(255.0), FEATURE_SIDE)
+    return small.flatten(1)
+
+
+def _label_rows(grid: Image.Image, labels: list[str], cell: int) -> Image.Image:
+    """Prefix `grid` with a column of row labels (one per row of `cell`-pixel cells)."""
+    out = Image.new("RGB", (LABEL_WIDTH + grid.width, grid.height), "black")
+    out.paste(grid, (LABEL_WIDTH, 0))
+    draw = ImageDraw.Draw(out)
+    for row, label in enumerate(labels):
+        draw.text((4, PADDING + row * (cell + PADDING) + cell // 2 - 6), label[:11], fill="white")
+    return out
+
+
+@torch.no_grad()
+def real_vs_fake_by_city(
+    G: Generator,
+    version: DatasetVersion,
+    path: str | Path,
+    per_city: int = 8,
+    seed: int = 0,
+    reference_per_city: int = 256,
+) -> Path:
+    """One row per city: `per_city` real val images, then `per_city` generated ones.
+
+    G is unconditional, so the generated half of each row is chosen, not conditioned:
+    from a pool of generated samples, each goes to the city of its nearest real val
+    image (16 x 16 pixel features; the first `reference_per_city` val images of each
+    city), and each row shows the samples closest to their city.
+    Empty cells (a city with fewer val images or matches) stay black.
+    Size: LABEL_WIDTH + 2*per_city*(R+2)+2 wide, cities*(R+2)+2 high.
+    """
+    parts = list(split_strips(version, "val", per_city=reference_per_city))
+    if not parts:
+        raise ValueError(f"{version.path}: the val split is empty; nothing to compare with")
+    real = centre(torch.cat([strips for strips, _ in parts]))
+    cls = torch.cat([labels for _, labels in parts])
+    n_cities = len(version.cities)
+    pool = generate(G, min(per_city * n_cities * 4, 4096), seed=seed, device=_device(G))
+    fake_city, fake_distance = _nearest(features(pool), features(real))
+    fake_city = cls[fake_city]
+    side = real.shape[-1]
+    cells = torch.zeros(n_cities, 2 * per_city, 3, side, side, dtype=torch.uint8)
+    for city in range(n_cities):
+        mine = real[cls == city][:per_city]
+        cells[city, : len(mine)] = mine
+        matches = (fake_city == city).nonzero().flatten()
+        best = matches[fake_distance[matches].argsort()][:per_city]
+        cells[city, per_city : per_city + len(best)] = pool[best]
+    grid = image_grid(cells.flatten(0, 1), 2 * per_city)
+    return save_image(_label_rows(grid, version.cities, side), path)
+
+
+def _nearest(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of the nearest reference row, its distance) for each query row."""
+    if len(reference) == 0:
+        raise ValueError("no real images to compare with")
+    distance, index = torch.cdist(query, reference).min(dim=1)
+    return index, distance
+
+
+def split_strips(
+    version: DatasetVersion, split: str, per_city: int | None = None, chunk: int = 512
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 [S,3,R,W] strips, int64 [S] city) of a split, `chunk` at a time, in shard order.
+
+    Streams shard by shard, so memory stays bounded on the full MSLS (~20 GB at 64 px);
+    with `per_city`, only the first that many of each city are decoded.
+    """
+    counts: dict[int, int] = {}
+    for shard in version.shards(split):
+        kept = []
+        for _, jpg, city in read_shard(version.url(shard), version.shard_samples(shard)):
+            if per_city is None or counts.get(city, 0) < per_city:
+                counts[city] = counts.get(city, 0) + 1
+                kept.append((torch.frombuffer(bytearray(jpg), dtype=torch.uint8), city))
+        for start in range(0, len(kept), chunk):
+            part = kept[start : start + chunk]
+            strips = torch.stack(decode_jpegs([jpg for jpg, _ in part]))
+            yield strips, torch.tensor([city for _, city in part], dtype=torch.int64)
+
+
+def _windows(strips: torch.Tensor) -> torch.Tensor:
+    """The windows G may have learned from a strip: left, centre, right, each also mirrored.
+
+    uint8 [S,3,R,W] -> [S,6,3,R,R] (training shows random shifts and flips of the strip).
+    """
+    side, width = strips.shape[-2], strips.shape[-1]
+    lefts = (0, (width - side) // 2, width - side)
+    views = [strips[..., x : x + side] for x in lefts]
+    views += [v.flip(-1) for v in views]
+    return torch.stack(views, dim=1)
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    G: Generator, version: DatasetVersion, path: str | Path, n: int = 8, seed: int = 0
+) -> Path:
+    """Memorisation check: each of `n` samples (left) beside its nearest TRAIN window (right).
+
+    Nearest in 16 x 16 pixel features over the left, centre and right window of every
+    train strip and their mirror images, streamed shard by shard. A right column that
+    copies the left one means G memorised. Size: 2*(R+2)+2 wide, n*(R+2)+2 high.
+    """
+    fakes = generate(G, n, seed=seed, device=_device(G))
+    query = features(fakes)
+    best = torch.full((n,), float("inf"))
+    match = torch.zeros_like(fakes)
+    for strips, _ in split_strips(version, "train"):
+        views = _windows(strips)
+        flat = views.flatten(0, 1)
+        index, distance = _nearest(query, features(flat))
+        better = distance < best
+        best[better] = distance[better]
+        match[better] = flat[index[better]]
+    if torch.isinf(best).any():
+        raise ValueError(f"{version.path}: the train split is empty; nothing to compare with")
+    pairs = torch.stack([fakes, match], dim=1).flatten(0, 1)
+    return save_image(image_grid(pairs, 2), path)
