@@ -257,7 +257,8 @@ def train_tracked(job: TrainJob, sample_every: int = 100) -> dict:
         raise ValueError("tracked training runs one process; use `msls train --nproc` untracked")
     job, run_dir = pin_run(job)
     grids = SampleGridCallback(run_dir, sample_every)
-    result = train_model(job, [grids, MlflowCallback(job, run_dir)])
+    with MlflowCallback(job, run_dir) as tracker:  # a crash marks the MLflow run FAILED
+        result = train_model(job, [grids, tracker])
     return {**result, "mlflow_run_id": run_id_of(run_dir)}
 
 

@@ -30,14 +30,6 @@ TOP_KEYS = {"schema", "checkpoint", "step", "dataset", "created", "n_samples", "
 TOP_KEYS |= {"headline"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """OpenMP with 2 threads on a busy 2-core box ran these ops 5-20x slower than 1 thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -13,15 +13,6 @@ from gan.losses import LOSSES, gradient_penalty, make_loss
 from gan.models import ModelConfig, build_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds sync cost (10x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_names():
     assert list(LOSSES) == ["bce", "hinge", "wgan-gp"]
     assert [make_loss(name).needs_gp for name in LOSSES] == [False, False, True]

@@ -23,15 +23,6 @@ from gan.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """OpenMP with 2 threads on a busy 2-core box ran these ops 5-20x slower than 1 thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def street_like(n: int, seed: int, size: int = 32) -> torch.Tensor:
     """uint8 [n,3,size,size]: smooth random colour fields plus fine noise (one distribution)."""
     g = torch.Generator().manual_seed(seed)

@@ -22,14 +22,6 @@ from gan.models import (
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds sync cost (10x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -25,7 +25,7 @@ from shards.layout import DataLayout
 from shards.reader import DatasetVersion, load_split
 from tasks.render import render_run
 from tasks.train import train_model
-from tests.test_track import build_dataset, tiny_job
+from tests.tiny import build_dataset, tiny_job
 
 R = 64  # the test dataset's resolution
 CELL = R + 2  # a grid cell with its padding

@@ -11,17 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from gan.checkpoint import load_checkpoint
-from gan.loop import LoopConfig
-from gan.models import ModelConfig
 from gan.sampling import generator_from_state
-from gan.trainer import TrainConfig
-from shards.catalog import CatalogConfig
-from shards.imaging import ShardConfig
-from shards.layout import DataLayout
-from shards.pipeline import prepare_dataset
 from shards.provenance import code_version
-from shards.reader import LoaderConfig
-from shards.split import SplitConfig
 from tasks.track import (
     MODEL_NAME,
     MlflowCallback,
@@ -32,39 +23,9 @@ from tasks.track import (
     tracking_uri,
 )
 from tasks.train import TrainJob, train_model
-from tests.msls_builder import MslsBuilder
+from tests.tiny import build_dataset, tiny_job
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "data_wait")
-
-
-def build_dataset(root):
-    b = MslsBuilder()
-    for city in ("austin", "paris", "tokyo"):
-        for s in range(6):
-            b.sequence(city, f"{city}{s}", 3, seed=s, size=(160, 120))
-    src = b.write(root / "src")
-    layout = DataLayout.at(root / "data")
-    prepare_dataset(
-        src,
-        layout,
-        SplitConfig(val_fraction=0.2),
-        ShardConfig(shard_size=6),
-        CatalogConfig(workers=1),
-    )
-    return layout.root
-
-
-def tiny_job(data_root, **overrides) -> TrainJob:
-    base = TrainJob(
-        data_root=str(data_root),
-        device="cpu",
-        steps=4,
-        model=ModelConfig(nz=16, ngf=8, ndf=8),
-        train=TrainConfig(batch_size=8),
-        loader=LoaderConfig(cache="host", workers=1),  # in-process decoding: no worker start-up
-        loop=LoopConfig(log_every=2, checkpoint_every=2),
-    )
-    return replace(base, **overrides)
 
 
 def tracked(job: TrainJob) -> tuple[dict, str]:

@@ -16,51 +16,19 @@ import torch.multiprocessing as mp
 from gan.augment import random_window
 from gan.checkpoint import CheckpointError, load_checkpoint
 from gan.distributed import average_gradients
-from gan.loop import LoopConfig
-from gan.models import ModelConfig
 from gan.trainer import TrainConfig
-from shards.catalog import CatalogConfig
-from shards.imaging import ShardConfig
 from shards.layout import DataLayout
-from shards.pipeline import prepare_dataset
 from shards.reader import LoaderConfig
-from shards.split import SplitConfig
 from tasks.train import TrainJob, train_model
-from tests.msls_builder import MslsBuilder
-
-TINY = ModelConfig(nz=16, ngf=8, ndf=8)
+from tests.tiny import TINY_MODEL, build_dataset, tiny_job
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    b = MslsBuilder()
-    for city in ("austin", "paris", "tokyo"):
-        for s in range(6):
-            b.sequence(city, f"{city}{s}", 3, seed=s, size=(160, 120))
-    src = b.write(root / "src")
-    layout = DataLayout.at(root / "data")
-    prepare_dataset(
-        src,
-        layout,
-        SplitConfig(val_fraction=0.2),
-        ShardConfig(shard_size=6),
-        CatalogConfig(workers=1),
-    )
-    return layout.root
+    return build_dataset(tmp_path_factory.mktemp("train"))
 
 
-def job(data_root, **overrides) -> TrainJob:
-    base = TrainJob(
-        data_root=str(data_root),
-        device="cpu",
-        steps=4,
-        model=TINY,
-        train=TrainConfig(batch_size=8),
-        loader=LoaderConfig(cache="host", workers=1),
-        loop=LoopConfig(log_every=2, checkpoint_every=2),
-    )
-    return replace(base, **overrides)
+job = tiny_job
 
 
 def test_training_writes_a_complete_checkpoint_and_stats(data_root):
@@ -95,7 +63,7 @@ def test_resume_continues_exactly(data_root, cache):
 
 @pytest.mark.parametrize("loss", ["bce", "hinge", "wgan-gp"])
 def test_every_loss_trains(data_root, loss):
-    model = replace(TINY, d_norm="layer") if loss == "wgan-gp" else TINY
+    model = replace(TINY_MODEL, d_norm="layer") if loss == "wgan-gp" else TINY_MODEL
     train = TrainConfig(
         batch_size=8,
         loss=loss,

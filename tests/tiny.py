@@ -1,0 +1,51 @@
+"""A tiny real dataset version and a tiny training job, shared by the training-side tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from gan.loop import LoopConfig
+from gan.models import ModelConfig
+from gan.trainer import TrainConfig
+from shards.catalog import CatalogConfig
+from shards.imaging import ShardConfig
+from shards.layout import DataLayout
+from shards.pipeline import prepare_dataset
+from shards.reader import LoaderConfig
+from shards.split import SplitConfig
+from tasks.train import TrainJob
+from tests.msls_builder import MslsBuilder
+
+TINY_MODEL = ModelConfig(nz=16, ngf=8, ndf=8)
+
+
+def build_dataset(root: Path) -> Path:
+    """Three cities x six sequences x three frames, sharded; returns the data root."""
+    b = MslsBuilder()
+    for city in ("austin", "paris", "tokyo"):
+        for s in range(6):
+            b.sequence(city, f"{city}{s}", 3, seed=s, size=(160, 120))
+    layout = DataLayout.at(root / "data")
+    prepare_dataset(
+        b.write(root / "src"),
+        layout,
+        SplitConfig(val_fraction=0.2),
+        ShardConfig(shard_size=6),
+        CatalogConfig(workers=1),
+    )
+    return layout.root
+
+
+def tiny_job(data_root: Path, **overrides) -> TrainJob:
+    """4 CPU steps of a width-8 DCGAN, logging and checkpointing every 2."""
+    base = TrainJob(
+        data_root=str(data_root),
+        device="cpu",
+        steps=4,
+        model=TINY_MODEL,
+        train=TrainConfig(batch_size=8),
+        loader=LoaderConfig(cache="host", workers=1),  # one decoding worker: quick start-up
+        loop=LoopConfig(log_every=2, checkpoint_every=2),
+    )
+    return replace(base, **overrides)
