@@ -151,7 +151,7 @@ def loader_rates(data: Path, folder: Path, batches: int) -> dict:
     version = DatasetVersion(data / "data" / "datasets" / (data / "version").read_text().strip())
     out = {}
     for name, make in {
-        "imagefolder": lambda: iter(imagefolder_loader(folder, 64, 0)),
+        "imagefolder": lambda: forever(imagefolder_loader(folder, 64, 0)),
         "shards": lambda: StreamingBatches(
             version, "train", LoaderConfig(batch_size=64, workers=1, cache="none"), in_process=True
         ),
