@@ -35,10 +35,10 @@ def train(
     steps: int = 0,
     epochs: float = 0.0,
     minutes: float = 2.0,
-    batch_size: int = 64,
+    batch_size: int = 32,
     loss: str = "bce",
     generator: str = "transposed",
-    width: int = 32,
+    width: int = 16,
     cache: str = "auto",
     city_temperature: float = 1.0,
     resume: str = "",
@@ -48,7 +48,8 @@ def train(
 ) -> dict:
     """Train and judge a DCGAN; returns the dataset version, MLflow run id and paths.
 
-    The defaults are sized for a 2-core CPU (width 32, 2 minutes); on a GPU use
+    The defaults are sized for a 2-core CPU (width 16, batch 32, 2 minutes: ~4x the
+    steps of width 32 at batch 64, measured 1.9 vs 0.5 steps/s); on a GPU use
     `width=64`, a larger batch and a longer budget.
     """
     root = data_root or "data"
