@@ -420,9 +420,7 @@ def test_prefect_step_fails_fast_and_quietly_on_expired_links(
         return download_task(links, raw, **FAST)
 
     s3.faults[VOL1] = ["403"] * 10
-    started = time.monotonic()
     with pytest.raises(DownloadError, match="expired") as info:
         fetch(s3.links_file(tmp_path), tmp_path / "raw")
-    assert time.monotonic() - started < 25  # no Prefect retry (its delay is 30 s)
-    assert len(s3.asked_for(VOL1)) == 1
+    assert len(s3.asked_for(VOL1)) == 1  # one request: neither we nor Prefect retried
     _assert_secret_kept(caplog, capsys, info.value)
