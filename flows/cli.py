@@ -129,6 +129,9 @@ def train(
     nproc: Annotated[int, typer.Option(help="Processes (devices) via torchrun.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[str, typer.Option(help="A run name or checkpoint.pt to continue.")] = "",
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile G and D (eager, with a warning, if it fails).")
+    ] = False,
 ) -> None:
     """Train, render and evaluate on a dataset version; tracked in MLflow.
 
@@ -149,6 +152,7 @@ def train(
         city_temperature=city_temperature,
         seed=seed,
         resume=resume,
+        compile=compile,
     )
     with _errors():
         if nproc > 1:

@@ -42,6 +42,7 @@ def train(
     cache: str = "auto",
     city_temperature: float = 1.0,
     resume: str = "",
+    compile: bool = False,
     sample_every: int = 100,
     eval_samples: int = 1024,
     inception_weights: str | None = None,
@@ -75,6 +76,7 @@ def train(
         city_temperature=city_temperature,
         seed=seed,
         resume=resume,
+        compile=compile,
     )
     if source is not None:
         prepared = prepare(

@@ -9,6 +9,7 @@ step to starve the accelerator.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +40,7 @@ class TrainConfig:
     ema_beta: float = 0.999
     flip: bool = True
     seed: int = 0
+    compile: str = ""  # a torch.compile backend ("inductor"); "" runs eagerly
 
     def __post_init__(self) -> None:
         rules = [
@@ -78,6 +80,8 @@ class Trainer:
         self.D = discriminator.to(accelerator.device, memory_format=memory_format)
         broadcast_module(self.G)
         broadcast_module(self.D)
+        # What the steps call: compiled modules sharing G's and D's parameters, or G and D.
+        self.g_forward, self.d_forward = _compiled(self.G, self.D, config.compile, accelerator)
         self.memory_format = memory_format
         betas = (config.beta1, config.beta2)
         self.opt_g = accelerator.optimizer(self.G.parameters(), config.lr_g, betas)
@@ -110,13 +114,13 @@ class Trainer:
 
     def _generate(self, n: int) -> torch.Tensor:
         with self.acc.autocast():
-            fake = self.G(self.noise(n))
+            fake = self.g_forward(self.noise(n))
         return fake.contiguous(memory_format=self.memory_format)
 
     def _update_d(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with self.acc.autocast():
-            real_logits = self.D(real).float()
-            fake_logits = self.D(fake.detach()).float()
+            real_logits = self.d_forward(real).float()
+            fake_logits = self.d_forward(fake.detach()).float()
             err_d = self.loss.d_loss(real_logits, fake_logits)
         if self.loss.needs_gp:
             err_d = err_d + gradient_penalty(self.D, real, fake.detach(), self.config.gp_weight)
@@ -130,7 +134,7 @@ class Trainer:
 
     def _update_g(self, fake: torch.Tensor) -> torch.Tensor:
         with self.acc.autocast():
-            err_g = self.loss.g_loss(self.D(fake).float())
+            err_g = self.loss.g_loss(self.d_forward(fake).float())
         self.opt_g.zero_grad(set_to_none=True)
         err_g.backward()
         self.acc.mark_step()
@@ -165,3 +169,31 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema.load_state_dict(state["ema"])
+
+
+def _compiled(
+    G: torch.nn.Module, D: torch.nn.Module, backend: str, accelerator: Accelerator
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and D compiled with `backend`, tried once on a small batch; eager if that fails.
+
+    Compilation fails on some backend/layout mixes (DESIGN.md: channels_last tripped a
+    stride assert in convolution_backward), so a failure costs a warning, not the run.
+    """
+    if not backend:
+        return G, D
+    g, d = torch.compile(G, backend=backend), torch.compile(D, backend=backend)
+    saved = [b.clone() for b in (*G.buffers(), *D.buffers())]  # the trial must not move BN stats
+    try:
+        with accelerator.autocast():
+            z = torch.zeros(2, G.nz, device=accelerator.device)
+            d(g(z)).float().sum().backward()
+    except Exception as exc:
+        warnings.warn(f"torch.compile({backend!r}) failed, training eagerly: {exc}", stacklevel=2)
+        return G, D
+    finally:
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, value in zip((*G.buffers(), *D.buffers()), saved):
+                buffer.copy_(value)
+    return g, d

@@ -103,6 +103,7 @@ def train_job(
     seed: int = 0,
     resume: str = "",
     resolution: int | None = None,
+    compile: bool = False,
 ) -> TrainJob:
     """A TrainJob from the flat options users set (CLI flags, flow parameters).
 
@@ -117,7 +118,8 @@ def train_job(
         data_root=data_root, dataset=dataset, device=device, steps=steps, epochs=epochs,
         minutes=minutes, nproc=nproc, resume=resume,
         train=TrainConfig(batch_size=batch_size, loss=loss, seed=seed,
-                          d_steps=5 if loss == "wgan-gp" else 1),
+                          d_steps=5 if loss == "wgan-gp" else 1,
+                          compile="inductor" if compile else ""),
         model=model,
         loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed),
         loop=LoopConfig(log_every=20),  # a CPU demo makes ~2 steps/s: a point every ~10 s

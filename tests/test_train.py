@@ -140,3 +140,25 @@ def test_two_cpu_ranks_with_gloo_train_and_resume(data_root):
     assert load_checkpoint(resumed["checkpoint"])["step"] == 4
     with pytest.raises(ValueError, match="--nproc 2"):
         train_model(job(data_root, steps=6, nproc=1, resume="ddp"))
+
+
+@torch._dynamo.register_backend
+def always_fails(graph, example_inputs):
+    raise RuntimeError("this backend cannot compile anything")
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(data_root):
+    train = TrainConfig(batch_size=8, compile="always_fails")
+    with pytest.warns(
+        UserWarning, match="torch.compile\\('always_fails'\\) failed, training eagerly"
+    ):
+        result = train_model(job(data_root, steps=2, train=train))
+    assert load_checkpoint(result["checkpoint"])["step"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(data_root):
+    train = TrainConfig(batch_size=8, compile="inductor")
+    result = train_model(job(data_root, steps=2, train=train))
+    state = load_checkpoint(result["checkpoint"])
+    assert not any(k.startswith("_orig_mod") for k in state["G"])  # plain module state
