@@ -120,7 +120,7 @@ def run_reference(folder: Path, device: str, steps: int, workers: int) -> dict:
     }
 
 
-def run_ours(data: Path, device: str, steps: int, batch: int) -> dict:
+def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "") -> dict:
     accelerator = resolve_accelerator(device)
     version = DatasetVersion(data / "data" / "datasets" / (data / "version").read_text().strip())
     images, cls = load_split(version, "train", device=accelerator.device)
@@ -129,7 +129,7 @@ def run_ours(data: Path, device: str, steps: int, batch: int) -> dict:
     batches = CachedBatches(
         images, cls, len(version.cities), LoaderConfig(batch_size=batch), generator_seed=0
     )
-    trainer = Trainer(TrainConfig(batch_size=batch), ModelConfig(), accelerator)
+    trainer = Trainer(TrainConfig(batch_size=batch, compile=compile), ModelConfig(), accelerator)
     for _ in range(3):  # warm-up
         trainer.train_step([next(batches)[0]])
     accelerator.synchronize()
@@ -140,6 +140,7 @@ def run_ours(data: Path, device: str, steps: int, batch: int) -> dict:
     seconds = time.perf_counter() - start
     return {
         "batch": batch,
+        "compile": compile if trainer.g_forward is not trainer.G else "",  # "" after a fallback
         "steps": steps,
         "seconds": round(seconds, 3),
         "images_per_s": round(batch * steps / seconds, 1),
@@ -180,6 +181,7 @@ def main() -> None:
     run.add_argument(
         "--workers", type=int, default=0, help="reference DataLoader workers (0: all cores)"
     )
+    run.add_argument("--compile", default="", help="torch.compile backend for ours (inductor)")
     run.add_argument("--out", type=Path, default=Path("benchmarks/results/train-cpu.json"))
     args = parser.parse_args()
     if args.command == "setup":
@@ -196,7 +198,7 @@ def main() -> None:
         },
         "reference": run_reference(folder, args.device, args.steps, args.workers or cpu_count()),
         "ours": [
-            run_ours(args.data, args.device, args.steps, int(b))
+            run_ours(args.data, args.device, args.steps, int(b), args.compile)
             for b in args.batch_sizes.split(",")
         ],
         "loader_per_core": loader_rates(args.data, folder, 10),
