@@ -292,7 +292,7 @@ def evaluate(
 @app.command()
 def quickstart(
     ctx: typer.Context,
-    minutes: Annotated[float, typer.Option(help="Training budget of the demo run.")] = 2.0,
+    minutes: Annotated[float, typer.Option(help="Training budget of the demo run.")] = 1.5,
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
 ) -> None:
