@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from shards.layout import DATA_ROOT_ENV, DataLayout
+from shards.lock import DEFAULT_LOCK_TIMEOUT
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -67,6 +68,9 @@ def prepare(
     ] = False,
     synthetic_images: Annotated[int, typer.Option(help="Size of the synthetic source.")] = 2000,
     synthetic_cities: Annotated[int, typer.Option(help="Cities in the synthetic source.")] = 8,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for another prepare on this data root.")
+    ] = DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     """Download/catalog/split/shard MSLS into a dataset version (a no-op if it exists)."""
     from flows.prepare import prepare as prepare_flow
@@ -84,7 +88,9 @@ def prepare(
     layout: DataLayout = ctx.obj
     with _errors():
         prepare_configs(**params)
-        result = prepare_flow(source=source, data_root=str(layout.root), **params)
+        result = prepare_flow(
+            source=source, data_root=str(layout.root), lock_timeout=lock_timeout, **params
+        )
     _print_dataset(layout, result["version"], built=result["built"])
 
 
@@ -126,6 +132,9 @@ def train(
     width: Annotated[int, typer.Option(help="ngf = ndf (64 is the paper's DCGAN).")] = 64,
     cache: Annotated[str, typer.Option(help="auto, none, host or device.")] = "auto",
     city_temperature: Annotated[float, typer.Option(help="1 natural, 0 city-balanced.")] = 1.0,
+    skip_bad_shards: Annotated[
+        bool, typer.Option(help="Skip a missing or corrupt shard with a warning (else stop).")
+    ] = False,
     nproc: Annotated[int, typer.Option(help="Processes (devices) via torchrun.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[str, typer.Option(help="A run name or checkpoint.pt to continue.")] = "",
@@ -150,6 +159,7 @@ def train(
         width=width,
         cache=cache,
         city_temperature=city_temperature,
+        skip_bad_shards=skip_bad_shards,
         seed=seed,
         resume=resume,
         compile=compile,
@@ -333,9 +343,12 @@ def stop(ctx: typer.Context) -> None:
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line and exit 1; bugs still raise."""
+    from shards.errors import DiskFullError
+    from shards.lock import LockBusyError
+
     try:
         yield
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, DiskFullError, LockBusyError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 

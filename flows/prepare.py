@@ -14,9 +14,10 @@ from shards.catalog import CatalogConfig
 from shards.dataset import DatasetPlan
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
+from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
 from shards.parallel import cpu_count
 from shards.split import DEFAULT_HOLDOUT_CITIES, SplitConfig
-from shards.synthetic import SyntheticConfig
+from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
 from shards.writer import ShardJob
 from tasks.catalog import catalog_task
 from tasks.shard import finalize_task, write_shard_task
@@ -35,10 +36,21 @@ def prepare_configs(
     synthetic_cities: int = 8,
 ) -> tuple[SplitConfig, ShardConfig, SyntheticConfig]:
     """The step configs for these parameters; ValueError (one line) before any work."""
+    _check_msls_cities(holdout_cities)
     split = SplitConfig(val_fraction=val_fraction, seed=seed, holdout_cities=tuple(holdout_cities))
     shard = ShardConfig(resolution=resolution, shard_size=shard_size, include_panos=include_panos)
     synthetic = SyntheticConfig(n_images=synthetic_images, n_cities=synthetic_cities, seed=seed)
     return split, shard, synthetic
+
+
+def _check_msls_cities(cities: tuple[str, ...]) -> None:
+    """A misspelt held-out city would silently hold out nothing: refuse it up front."""
+    known = (*ALL_TRAIN_VAL_CITIES, *TEST_CITIES)
+    unknown = [c for c in cities if c not in known] if not isinstance(cities, str) else []
+    if unknown:
+        raise ValueError(
+            f"holdout_cities: unknown city {unknown[0]!r}; MSLS cities are {', '.join(known)}"
+        )
 
 
 @flow(name="msls-write-shards", task_runner=ThreadPoolTaskRunner(max_workers=cpu_count()))
@@ -63,8 +75,14 @@ def prepare(
     holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
     synthetic_images: int = 2000,
     synthetic_cities: int = 8,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> dict:
-    """Build (or find) the dataset version for these parameters; return its summary."""
+    """Build (or find) the dataset version for these parameters; return its summary.
+
+    Holds the data root's prepare lock throughout: a second prepare or re-shard on the
+    same root waits for this one (up to its `lock_timeout` seconds), then finds the
+    version built.
+    """
     split, shard, synthetic = prepare_configs(
         resolution,
         val_fraction,
@@ -75,11 +93,13 @@ def prepare(
         synthetic_images,
         synthetic_cities,
     )
-    root = DataLayout.at(data_root).root
-    source_dir = acquire_source_task(source, root / "raw", synthetic)
-    catalog = catalog_task(source_dir, root, CatalogConfig())
-    plan: DatasetPlan = split_task(catalog, root, split, shard)
-    if not plan.complete:
-        write_shards(plan.jobs(Path(source_dir), shard))
-    version_dir = finalize_task(plan, root, catalog)
+    layout = DataLayout.at(data_root)
+    root = layout.root
+    with prepare_lock(layout, lock_timeout):
+        source_dir = acquire_source_task(source, root / "raw", synthetic)
+        catalog = catalog_task(source_dir, root, CatalogConfig())
+        plan: DatasetPlan = split_task(catalog, root, split, shard)
+        if not plan.complete:
+            write_shards(plan.jobs(Path(source_dir), shard))
+        version_dir = finalize_task(plan, root, catalog)
     return {"version": plan.version, "path": str(version_dir), "built": not plan.complete}

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.prepare import prepare, prepare_configs
 from shards.layout import DataLayout
+from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
 from shards.retention import check_keep, latest_version
 from shards.split import DEFAULT_HOLDOUT_CITIES
 from tasks.retention import prune_task
@@ -29,8 +30,13 @@ def reshard(
     holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
     synthetic_images: int = 2000,
     synthetic_cities: int = 8,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> dict:
-    """Re-shard if needed, prune old versions; return {version, previous, changed, pruned}."""
+    """Re-shard if needed, prune old versions; return {version, previous, changed, pruned}.
+
+    Prepare and prune run under one hold of the prepare lock, so a prepare started
+    meanwhile cannot slip between them (and have its staging directory pruned).
+    """
     check_keep(keep)
     params = {
         "resolution": resolution,
@@ -44,14 +50,16 @@ def reshard(
     }
     prepare_configs(**params)  # ValueError (one line) before any work
     logger = get_run_logger()
-    root = str(DataLayout.at(data_root).root)
-    previous = latest_version(DataLayout.at(root))
-    version = prepare(source=source, data_root=root, **params)["version"]
-    changed = version != previous
-    if changed:
-        logger.info("new version %s (was %s); LATEST moved", version, previous or "none")
-    else:
-        logger.info("no change: version %s is current", version)
-    pruned = prune_task(root, keep)
+    layout = DataLayout.at(data_root)
+    root = str(layout.root)
+    with prepare_lock(layout, lock_timeout):
+        previous = latest_version(layout)
+        version = prepare(source=source, data_root=root, **params)["version"]
+        changed = version != previous
+        if changed:
+            logger.info("new version %s (was %s); LATEST moved", version, previous or "none")
+        else:
+            logger.info("no change: version %s is current", version)
+        pruned = prune_task(root, keep)
     logger.info("pruned %d old version(s) (keep=%d): %s", len(pruned), keep, pruned or "none")
     return {"version": version, "previous": previous, "changed": changed, "pruned": pruned}

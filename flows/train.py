@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.prepare import prepare, prepare_configs
+from shards.split import DEFAULT_HOLDOUT_CITIES
 from tasks.evaluate import evaluate_task, summary_markdown
 from tasks.render import render_task
 from tasks.track import track_task
@@ -31,6 +32,7 @@ def train(
     seed: int = 0,
     synthetic_images: int = 2000,
     synthetic_cities: int = 8,
+    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
     device: str = "auto",
     steps: int = 0,
     epochs: float = 0.0,
@@ -41,6 +43,7 @@ def train(
     width: int = 16,
     cache: str = "auto",
     city_temperature: float = 1.0,
+    skip_bad_shards: bool = False,
     resume: str = "",
     compile: bool = False,
     sample_every: int = 100,
@@ -58,6 +61,7 @@ def train(
         resolution,
         val_fraction,
         seed,
+        holdout_cities=holdout_cities,
         synthetic_images=synthetic_images,
         synthetic_cities=synthetic_cities,
     )
@@ -74,6 +78,7 @@ def train(
         width=width,
         cache=cache,
         city_temperature=city_temperature,
+        skip_bad_shards=skip_bad_shards,
         seed=seed,
         resume=resume,
         compile=compile,
@@ -85,6 +90,7 @@ def train(
             resolution=resolution,
             val_fraction=val_fraction,
             seed=seed,
+            holdout_cities=holdout_cities,
             synthetic_images=synthetic_images,
             synthetic_cities=synthetic_cities,
         )

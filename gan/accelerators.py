@@ -100,14 +100,20 @@ def available_kinds() -> list[str]:
     return [*kinds, "cpu"]
 
 
+def check_device(name: str) -> str:
+    """`name` itself if it is a `--device` value; no hardware is looked at."""
+    if name not in DEVICES:
+        raise AcceleratorError(f"unknown device {name!r}: choose auto, cpu, cuda, mps or hpu")
+    return name
+
+
 def resolve_accelerator(name: str = "auto", local_rank: int = 0) -> Accelerator:
     """The accelerator for `--device name`; auto prefers cuda, hpu, mps, then cpu.
 
     local_rank picks the CUDA device under torchrun; Gaudi gives each process its own
     card as "hpu", and MPS and the CPU have one device.
     """
-    if name not in DEVICES:
-        raise AcceleratorError(f"unknown device {name!r}: choose auto, cpu, cuda, mps or hpu")
+    check_device(name)
     if name == "auto":
         name = available_kinds()[0]
     if name == "cuda":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from gan.checkpoint import save_checkpoint
 from gan.distributed import all_mean
 from gan.trainer import METRICS, Trainer
+from shards.atomic import remove_torn_writes, write_text
 
 log = logging.getLogger("msls.train")
 
@@ -81,6 +83,9 @@ def fit(
     To resume, load the checkpoint into the trainer and `batches` first (`restore`).
     """
     checkpoint = run_dir / "checkpoint.pt"
+    if trainer.world.is_main:  # clear up after a run of this dir that was killed
+        trim_stats(run_dir / "stats.jsonl", trainer.step)
+        remove_torn_writes(run_dir)
     window = _Window(trainer.acc.device)
     started = time.perf_counter()
     while not _should_stop(budget, trainer.step, time.perf_counter() - started, loop, trainer):
@@ -144,6 +149,28 @@ def _checkpoint(
         save_checkpoint(path, state)
         for callback in callbacks:
             callback.on_checkpoint(trainer, path)
+
+
+def trim_stats(path: Path, step: int) -> None:
+    """Keep the stats lines up to `step`, where a resumed run picks up.
+
+    A run killed after its last checkpoint logged steps it will now train again, and
+    maybe half a line; without this they would appear twice (or break the JSONL).
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if _stats_step(line) <= step]
+    if len(kept) != len(lines):
+        write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _stats_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a torn line: drop it
 
 
 def _log_metrics(run_dir: Path, trainer: Trainer, metrics: dict, callbacks) -> None:

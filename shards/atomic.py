@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename.
+"""Atomic file writes: write to a temporary sibling, fsync, rename, fsync the directory.
 
 Every file this project writes that someone else reads (zips, catalogs, shards,
 manifests, pointers, checkpoints) goes through here, so a killed process leaves either
@@ -8,11 +8,16 @@ the old file or the new one under the real name, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from shards.errors import DiskFullError
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
@@ -20,7 +25,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`.
 
     For writers that insist on opening the file themselves (zipfile, pyarrow,
-    torch.save). On any exception the temporary file is removed and `path` is untouched.
+    torch.save). On any exception the temporary file is removed and `path` is untouched;
+    a full disk (or a file-size limit) becomes a DiskFullError naming `path`.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +39,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+        _fsync_directory(target.parent)  # the rename itself survives a power cut
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFullError(
+                f"{target}: {os.strerror(exc.errno)} while writing it; nothing was kept. "
+                "Free space there or point --data-root (MSLS_DATA) at a larger disk"
+            ) from exc
         raise
 
 
@@ -43,6 +55,28 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file for writing that replaces `path` only if the block succeeds."""
     with atomic_path(path) as tmp, open(tmp, mode) as handle:
         yield handle
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_torn_writes(directory: Path, recursive: bool = False) -> int:
+    """Delete the temporary files of writers that were killed mid-write; return how many.
+
+    kill -9 gives `atomic_path` no chance to clean up, so its `.<name>.*.tmp` files stay
+    behind (hidden, never under a real name). Call this only while holding the lock of
+    whoever writes in `directory` (the prepare lock), or a live writer loses its file.
+    """
+    pattern = "**/.*.tmp" if recursive else ".*.tmp"
+    torn = [p for p in directory.glob(pattern) if p.is_file()] if directory.is_dir() else []
+    for path in torn:
+        path.unlink(missing_ok=True)
+    return len(torn)
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.atomic import atomic_path, write_text
+from shards.atomic import atomic_path, remove_torn_writes, write_text
 from shards.catalog import Catalog
 from shards.errors import DatasetError
 from shards.imaging import ShardConfig
@@ -61,7 +61,12 @@ class DatasetPlan:
 def plan_dataset(
     catalog: Catalog, layout: DataLayout, split: SplitConfig, shard: ShardConfig
 ) -> DatasetPlan:
-    """Assign splits and shards to the usable catalog rows; stage the plan on disk."""
+    """Assign splits and shards to the usable catalog rows; stage the plan on disk.
+
+    Call it under the prepare lock: it also sweeps what killed runs left half-written.
+    """
+    for directory in (layout.catalog, layout.datasets):
+        remove_torn_writes(directory)
     rows = _usable_rows(catalog, shard)
     if not rows:
         raise DatasetError(
@@ -154,6 +159,7 @@ def finalize_dataset(
     final = layout.dataset(plan.version)
     if not plan.complete:
         results = load_results(plan.staging, plan.shards)
+        remove_torn_writes(plan.staging, recursive=True)  # half shards of killed runs
         if final.exists():  # a leftover from a crash between rename and LATEST: keep the new one
             shutil.rmtree(final)
         manifest = _manifest(plan.staging, results)

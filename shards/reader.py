@@ -39,6 +39,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from shards.errors import DatasetError
 from shards.parallel import cpu_count
+from shards.processes import exit_with
 from shards.progress import track
 from shards.split import SPLITS
 
@@ -324,14 +325,16 @@ def load_split(
             num_workers=workers,
             prefetch_factor=4,
             multiprocessing_context=WORKER_START,
+            worker_init_fn=exit_with(os.getpid()),
         )
     )
-    n = 0
+    n, skipped = 0, 0
     for part, labels, problem in track(parts, len(urls), f"decoding {split} shards"):
         if problem is not None:
             if not skip_bad_shards:
                 raise ValueError(problem)
             log.warning("skipping a bad shard: %s", problem)
+            skipped += 1
             continue
         if part is None:
             continue
@@ -341,6 +344,11 @@ def load_split(
         images[n : n + len(labels)] = part
         cls[n : n + len(labels)] = labels
         n += len(labels)
+    if skipped:
+        log.warning(
+            "skipped %d of %d %s shards: %d of %d samples are missing from training",
+            skipped, len(urls), split, sum(samples) - n, sum(samples),
+        )  # fmt: skip
     return images[:n].to(device), cls[:n].to(device)
 
 
@@ -692,6 +700,7 @@ class StreamingBatches:
             persistent_workers=True,
             prefetch_factor=4,
             multiprocessing_context=WORKER_START,
+            worker_init_fn=exit_with(os.getpid()),
         )
 
     def state_dict(self) -> dict:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from shards.atomic import write_text
 from shards.layout import DataLayout
+from shards.lock import prepare_lock
+from shards.processes import pid_alive
 
 log = logging.getLogger("msls.retention")
 
@@ -71,18 +73,6 @@ def lease(layout: DataLayout, version: str, holder: str) -> Iterator[Path]:
             path.parent.rmdir()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 def active_leases(layout: DataLayout, version: str, ttl: dt.timedelta = LEASE_TTL) -> list[dict]:
     """The leases that still hold `version`; stale local ones (dead pid) are removed.
 
@@ -111,7 +101,7 @@ def active_leases(layout: DataLayout, version: str, ttl: dt.timedelta = LEASE_TT
                                "created": created.isoformat(timespec="seconds")})  # fmt: skip
             continue
         if lease_host == host:
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 active.append({**record, "holder": path.stem})
             else:
                 log.info("%s: stale lease (pid %d is gone); removed", path, pid)
@@ -153,22 +143,24 @@ def prune_versions(
     """Delete versions beyond the newest `keep`; return the pruned version ids.
 
     Never the version LATEST points to, never one with an active lease. Also removes
-    `.trash-*` leftovers and `.staging-*` dirs untouched for `staging_ttl`.
+    `.trash-*` leftovers and `.staging-*` dirs untouched for `staging_ttl`. Holds the
+    prepare lock, so it never runs beside a prepare that is staging a version.
     """
     check_keep(keep)
     if not layout.datasets.is_dir():
         return []
-    latest = latest_version(layout)
-    pruned = []
-    for _, version in list_versions(layout)[keep:]:
-        if version == latest:
-            continue
-        if active_leases(layout, version, lease_ttl):
-            log.info("%s: leased; kept", layout.dataset(version))
-            continue
-        if _trash(layout, version, lease_ttl):
-            pruned.append(version)
-    _remove_leftovers(layout, staging_ttl)
+    with prepare_lock(layout):
+        latest = latest_version(layout)
+        pruned = []
+        for _, version in list_versions(layout)[keep:]:
+            if version == latest:
+                continue
+            if active_leases(layout, version, lease_ttl):
+                log.info("%s: leased; kept", layout.dataset(version))
+                continue
+            if _trash(layout, version, lease_ttl):
+                pruned.append(version)
+        _remove_leftovers(layout, staging_ttl)
     return pruned
 
 

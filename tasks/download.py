@@ -11,6 +11,7 @@ only once the checksum file vouches for them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -389,8 +390,9 @@ def download_all(
     names = [name for name in links if name != CHECKSUMS_NAME]
     stop = threading.Event()
     with _progress_reporters(names) as reporters, ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {
+        futures = {  # each thread in a copy of our context: its logs reach the flow run
             name: pool.submit(
+                contextvars.copy_context().run,
                 download_file,
                 links[name],
                 raw_dir / name,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prefect import task
 
-from gan.accelerators import ddp_backend, resolve_accelerator
+from gan.accelerators import check_device, ddp_backend, resolve_accelerator
 from gan.checkpoint import load_checkpoint
 from gan.distributed import World, init_process_group, shutdown, world_from_env
 from gan.loop import Budget, Callback, LoopConfig, ProgressCallback, fit, options_json, restore
@@ -57,8 +57,10 @@ class TrainJob:
     def __post_init__(self) -> None:
         if self.nproc < 1:
             raise ValueError(f"nproc must be >= 1, got {self.nproc}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        for name in ("steps", "epochs", "minutes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_device(self.device)
         if not (self.steps or self.epochs or self.minutes or self.resume):
             raise ValueError("give --steps, --epochs or --minutes")
 
@@ -99,6 +101,7 @@ def train_job(
     width: int = 64,
     cache: str = "auto",
     city_temperature: float = 1.0,
+    skip_bad_shards: bool = False,
     nproc: int = 1,
     seed: int = 0,
     resume: str = "",
@@ -121,7 +124,8 @@ def train_job(
                           d_steps=5 if loss == "wgan-gp" else 1,
                           compile="inductor" if compile else ""),
         model=model,
-        loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed),
+        loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed,
+                            skip_bad_shards=skip_bad_shards),
         loop=LoopConfig(log_every=20),  # a CPU demo makes ~2 steps/s: a point every ~10 s
     )  # fmt: skip
 

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -145,39 +140,3 @@ def test_unknown_version_is_one_clear_error(tmp_path):
         resolve_version(layout)
     with pytest.raises(DatasetError, match="no such dataset version"):
         resolve_version(layout, "abc123")
-
-
-KILLABLE = """
-import sys
-from pathlib import Path
-from shards.catalog import CatalogConfig
-from shards.imaging import ShardConfig
-from shards.layout import DataLayout
-from shards.pipeline import prepare_dataset
-from shards.split import SplitConfig
-prepare_dataset(Path(sys.argv[1]), DataLayout.at(sys.argv[2]), SplitConfig(val_fraction=0.25),
-                ShardConfig(shard_size=1), CatalogConfig(workers=1))
-"""
-
-
-def test_killed_run_leaves_no_visible_version_and_the_next_run_completes(tmp_path):
-    b = MslsBuilder()
-    for s in range(40):
-        b.sequence("austin", f"s{s}", 3, seed=s, size=(640, 480))
-    src = b.write(tmp_path / "src")
-    layout = DataLayout.at(tmp_path / "data")
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(src), str(layout.root)])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list(layout.datasets.glob(".staging-*/.results/*.json")):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    visible = [p for p in layout.datasets.iterdir() if not p.name.startswith(".")]
-    assert visible == []  # no version dir, no LATEST
-    plan, path = prepare_dataset(src, layout, SPLIT, ShardConfig(shard_size=1), ONE_CORE)
-    assert resolve_version(layout) == plan.version
-    assert verify_dataset(path, workers=1).ok
-    assert len(manifest(path)) == 120

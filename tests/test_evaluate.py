@@ -30,7 +30,6 @@ TOP_KEYS = {"schema", "checkpoint", "step", "dataset", "created", "n_samples", "
 TOP_KEYS |= {"headline"}
 
 
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")

@@ -22,7 +22,6 @@ from gan.models import (
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8}
 
 
-
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
