@@ -71,6 +71,12 @@ def prepare(
     lock_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for another prepare on this data root.")
     ] = DEFAULT_LOCK_TIMEOUT,
+    dask: Annotated[
+        str, typer.Option(help="Shard on Dask: 'local', or a scheduler address tcp://host:port.")
+    ] = "",
+    publish: Annotated[
+        str, typer.Option(help="Upload the version to an fsspec URL (s3://bucket/msls, ...).")
+    ] = "",
 ) -> None:
     """Download/catalog/split/shard MSLS into a dataset version (a no-op if it exists)."""
     from flows.prepare import prepare as prepare_flow
@@ -89,9 +95,16 @@ def prepare(
     with _errors():
         prepare_configs(**params)
         result = prepare_flow(
-            source=source, data_root=str(layout.root), lock_timeout=lock_timeout, **params
+            source=source,
+            data_root=str(layout.root),
+            lock_timeout=lock_timeout,
+            dask=dask,
+            publish=publish,
+            **params,
         )
     _print_dataset(layout, result["version"], built=result["built"])
+    if "published" in result:
+        console.print(f"published: {result['published']}")
 
 
 @app.command()

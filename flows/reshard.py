@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.prepare import prepare, prepare_configs
+from flows.prepare import check_dask, prepare, prepare_configs
 from shards.layout import DataLayout
 from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
+from shards.publish import check_url
 from shards.retention import check_keep, latest_version
 from shards.split import DEFAULT_HOLDOUT_CITIES
 from tasks.retention import prune_task
@@ -31,6 +32,8 @@ def reshard(
     synthetic_images: int = 2000,
     synthetic_cities: int = 8,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    dask: str = "",
+    publish: str = "",
 ) -> dict:
     """Re-shard if needed, prune old versions; return {version, previous, changed, pruned}.
 
@@ -49,12 +52,17 @@ def reshard(
         "synthetic_cities": synthetic_cities,
     }
     prepare_configs(**params)  # ValueError (one line) before any work
+    check_dask(dask)
+    if publish:
+        check_url(publish)
     logger = get_run_logger()
     layout = DataLayout.at(data_root)
     root = str(layout.root)
     with prepare_lock(layout, lock_timeout):
         previous = latest_version(layout)
-        version = prepare(source=source, data_root=root, **params)["version"]
+        version = prepare(source=source, data_root=root, dask=dask, publish=publish, **params)[
+            "version"
+        ]
         changed = version != previous
         if changed:
             logger.info("new version %s (was %s); LATEST moved", version, previous or "none")
