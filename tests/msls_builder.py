@@ -104,3 +104,11 @@ def _csvs(rows: list[Row], subset: str) -> dict[str, str]:
         f'{i},{r.key},"[1.0, 2.0]",{r.night},False,Forward,{i}\n' for i, r in enumerate(rows)
     )
     return {"seq_info": seq, "raw": raw, "postprocessed": post, "subtask_index": subtask}
+
+
+def two_city_source(root: Path, sequences: int = 12, size: tuple[int, int] = (320, 240)) -> Path:
+    """`sequences` three-frame sequences alternating austin and paris, written to `root`."""
+    b = MslsBuilder()
+    for s in range(sequences):
+        b.sequence(("austin", "paris")[s % 2], f"s{s}", 3, seed=s, size=size)
+    return b.write(root)

@@ -19,7 +19,7 @@ from shards.reader import LoaderConfig
 from shards.retention import list_versions, prune_versions
 from shards.verify import verify_dataset
 from tasks.train import train_model
-from tests.msls_builder import MslsBuilder, jpeg
+from tests.msls_builder import jpeg, two_city_source
 from tests.processes import REPO, prepare_args, start
 from tests.tiny import build_dataset, tiny_job
 
@@ -35,10 +35,7 @@ with prepare_lock(DataLayout.at(sys.argv[1])):
 
 @pytest.fixture()
 def source(tmp_path) -> Path:
-    b = MslsBuilder()
-    for s in range(12):
-        b.sequence(("austin", "paris")[s % 2], f"s{s}", 3, seed=s, size=(320, 240))
-    return b.write(tmp_path / "src")
+    return two_city_source(tmp_path / "src")
 
 
 @pytest.fixture()

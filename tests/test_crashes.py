@@ -24,7 +24,7 @@ from gan.checkpoint import load_checkpoint
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
 from shards.verify import verify_dataset
-from tests.msls_builder import MslsBuilder
+from tests.msls_builder import two_city_source
 from tests.processes import after_seconds, never, prepare_args, run_until
 
 PREPARE_KILLS = 16
@@ -57,10 +57,7 @@ def timed(args: list[str]) -> float:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    b = MslsBuilder()
-    for s in range(30):
-        b.sequence(("austin", "paris")[s % 2], f"s{s}", 3, seed=s, size=(640, 480))
-    return b.write(tmp_path_factory.mktemp("crash") / "src")
+    return two_city_source(tmp_path_factory.mktemp("crash") / "src", 30, (640, 480))
 
 
 def prepare_phase(layout: DataLayout) -> str:
@@ -73,6 +70,11 @@ def prepare_phase(layout: DataLayout) -> str:
     if (staging / "manifest.parquet").exists():
         return "manifest"
     return f"shards ({len(list(staging.glob('.results/*.json')))} done)"
+
+
+def writing_manifest(layout: DataLayout) -> Callable[[float], bool]:
+    """True once the manifest is being written (or just was) in the staging folder."""
+    return lambda _: bool(list(layout.datasets.glob(".staging-*/*manifest.parquet*")))
 
 
 def assert_nothing_partial(layout: DataLayout) -> None:
@@ -98,7 +100,11 @@ def test_prepare_killed_at_random_points_shows_nothing_partial_and_loses_nothing
     rng, phases, kills, rounds = random.Random(6), Counter(), 0, 0
     while kills < PREPARE_KILLS:
         layout = DataLayout.at(tmp_path / f"round{rounds}")
-        while run_until(prepare_args(source, layout), after_seconds(rng.uniform(0, duration))):
+        # every third kill aims at the few milliseconds of the manifest write
+        while run_until(
+            prepare_args(source, layout),
+            writing_manifest(layout) if kills % 3 == 2 else after_seconds(rng.uniform(0, duration)),
+        ):
             kills += 1
             phases[prepare_phase(layout).split(" (")[0]] += 1
             assert_nothing_partial(layout)
@@ -113,8 +119,7 @@ def test_prepare_killed_at_random_points_shows_nothing_partial_and_loses_nothing
 
 def test_a_second_killed_prepare_leaves_no_torn_files_behind(tmp_path, source):
     layout = DataLayout.at(tmp_path / "data")
-    staged = lambda _: bool(list(layout.datasets.glob(".staging-*/.results/*.json")))  # noqa: E731
-    assert run_until(prepare_args(source, layout), staged)
+    assert run_until(prepare_args(source, layout), writing_manifest(layout))
     torn = layout.datasets / ".LATEST.killed.tmp"
     torn.write_text("half")
     assert not run_until(prepare_args(source, layout), never)

@@ -17,7 +17,7 @@ from flows.cli import app
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
 from shards.verify import verify_dataset
-from tests.msls_builder import MslsBuilder
+from tests.msls_builder import two_city_source
 from tests.processes import PREPARE, never, prepare_args, run_until, start
 
 SHARD_SIZE = 40  # train shards of ~89 KB; the catalog and plan are ~7 KB each
@@ -31,10 +31,7 @@ LIMITED = (
 
 @pytest.fixture()
 def source(tmp_path) -> Path:
-    b = MslsBuilder()
-    for s in range(12):
-        b.sequence(("austin", "paris")[s % 2], f"s{s}", 3, seed=s, size=(320, 240))
-    return b.write(tmp_path / "src")
+    return two_city_source(tmp_path / "src")
 
 
 def assert_nothing_visible_or_torn(layout: DataLayout) -> None:
