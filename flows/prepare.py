@@ -83,12 +83,14 @@ def shard_runner(dask: str) -> TaskRunner:
     return DaskTaskRunner(address=dask)
 
 
-def check_dask(dask: str) -> str:
+def check_scale_out(dask: str, publish: str) -> None:
+    """The `dask` and `publish` parameters; ValueError (one line) before any work."""
     if dask and dask != "local" and not re.match(r"^(tcp|tls|inproc|ucx)://[^/\s]+$", dask):
         raise ValueError(
             f"dask must be '', 'local' or a scheduler address like tcp://host:8786, got {dask!r}"
         )
-    return dask
+    if publish:
+        check_url(publish)
 
 
 @flow(name="msls-prepare")
@@ -126,9 +128,7 @@ def prepare(
         synthetic_images,
         synthetic_cities,
     )
-    check_dask(dask)
-    if publish:
-        check_url(publish)
+    check_scale_out(dask, publish)
     layout = DataLayout.at(data_root)
     root = layout.root
     with prepare_lock(layout, lock_timeout):

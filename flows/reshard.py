@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.prepare import check_dask, prepare, prepare_configs
+from flows.prepare import check_scale_out, prepare, prepare_configs
 from shards.layout import DataLayout
 from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
-from shards.publish import check_url
 from shards.retention import check_keep, latest_version
 from shards.split import DEFAULT_HOLDOUT_CITIES
 from tasks.retention import prune_task
@@ -52,9 +51,7 @@ def reshard(
         "synthetic_cities": synthetic_cities,
     }
     prepare_configs(**params)  # ValueError (one line) before any work
-    check_dask(dask)
-    if publish:
-        check_url(publish)
+    check_scale_out(dask, publish)
     logger = get_run_logger()
     layout = DataLayout.at(data_root)
     root = str(layout.root)
