@@ -20,6 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -31,8 +32,9 @@ from shards.parallel import cpu_count
 from shards.reader import CachedBatches, DatasetVersion, LoaderConfig, StreamingBatches, load_split
 
 
-def setup(images: int, out: Path) -> None:
-    """Synthetic photos as an ImageFolder tree (the reference's input) and as a dataset version."""
+def setup(images: int, out: Path, val_fraction: float = 0.0) -> None:
+    """Synthetic photos as a dataset version, and its train split's full-size JPEGs as an
+    ImageFolder tree (the reference's input): the same photos both ways."""
     from shards.imaging import ShardConfig
     from shards.layout import DataLayout
     from shards.pipeline import prepare_dataset
@@ -41,18 +43,31 @@ def setup(images: int, out: Path) -> None:
 
     raw = out / "raw"
     write_synthetic_source(raw, SyntheticConfig(n_images=images))
-    folder = out / "imagefolder"
-    for volume in raw.glob("msls_images_vol_*.zip"):
-        with zipfile.ZipFile(volume) as zf:
-            for name in zf.namelist():
-                city = name.split("/")[1]
-                (folder / city).mkdir(parents=True, exist_ok=True)
-                (folder / city / name.rsplit("/", 1)[1]).write_bytes(zf.read(name))
     _, version_dir = prepare_dataset(
-        raw, DataLayout.at(out / "data"), SplitConfig(val_fraction=0.0), ShardConfig(shard_size=100)
+        raw,
+        DataLayout.at(out / "data"),
+        SplitConfig(val_fraction=val_fraction),
+        ShardConfig(shard_size=100),
     )
+    write_imagefolder(raw, version_dir / "manifest.parquet", out / "imagefolder")
     shutil.rmtree(raw)
     (out / "version").write_text(version_dir.name)
+
+
+def write_imagefolder(raw: Path, manifest: Path, folder: Path) -> None:
+    """The source JPEGs of the manifest's train rows as folder/<city>/<member name>."""
+    rows = pq.read_table(
+        manifest,
+        columns=["city", "source_archive", "source_member"],
+        filters=[("split", "==", "train")],
+    ).to_pylist()
+    for archive in sorted({row["source_archive"] for row in rows}):
+        with zipfile.ZipFile(raw / archive) as zf:
+            for row in rows:
+                if row["source_archive"] == archive:
+                    target = folder / row["city"] / row["source_member"].rsplit("/", 1)[1]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(row["source_member"]))
 
 
 def reference_step(netG, netD, optG, optD, real: torch.Tensor, nz: int) -> None:
@@ -173,6 +188,9 @@ def main() -> None:
     prep = sub.add_parser("setup")
     prep.add_argument("--images", type=int, default=1000)
     prep.add_argument("--out", type=Path, default=Path("build/bench"))
+    prep.add_argument(
+        "--val-fraction", type=float, default=0.0, help="held-out val (benchmarks.quality)"
+    )
     run = sub.add_parser("run")
     run.add_argument("--data", type=Path, default=Path("build/bench"))
     run.add_argument("--device", default="auto")
@@ -185,7 +203,7 @@ def main() -> None:
     run.add_argument("--out", type=Path, default=Path("benchmarks/results/train-cpu.json"))
     args = parser.parse_args()
     if args.command == "setup":
-        setup(args.images, args.out)
+        setup(args.images, args.out, args.val_fraction)
         return
     folder = args.data / "imagefolder"
     result = {

@@ -15,9 +15,12 @@ from torch import nn
 class EMA:
     """Holds `model`, an averaged copy of the generator, in eval mode and without grads.
 
-    Parameters follow `p_ema <- beta * p_ema + (1 - beta) * p`. Buffers (BatchNorm
-    running statistics) are copied, not averaged: they must match the weights they
-    are used with. Sample with `ema.model(z)`.
+    Parameters follow `p_ema <- b * p_ema + (1 - b) * p` with b = min(beta, (1 + step) /
+    (10 + step)) at generator step `step` (TensorFlow's num_updates warm-up): a fixed
+    0.999 would leave 82% of the random initial weights in the average after 200 steps,
+    so a short run's samples would be mostly noise. Buffers (BatchNorm running
+    statistics) are copied, not averaged: they must match the weights they are used
+    with. Sample with `ema.model(z)`.
     """
 
     def __init__(self, model: nn.Module, beta: float = 0.999) -> None:
@@ -27,13 +30,19 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average one step towards `model` (same architecture and device)."""
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards `model` (same architecture and device) after G step
+        `step` (0 for the first). The step comes from the trainer's checkpointed counter,
+        so a resumed run continues the same schedule."""
         averaged = list(self.model.parameters())
         current = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.beta)  # one fused op for all
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay(step))  # one fused op for all
         for own, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             own.copy_(theirs)
+
+    def decay(self, step: int) -> float:
+        """The averaging weight at `step`: warms up from 0.1 to `beta`."""
+        return min(self.beta, (1.0 + step) / (10.0 + step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

@@ -108,7 +108,7 @@ class Trainer:
             fake = self._generate(real.shape[0])
             loss_d, d_real, d_fake = self._update_d(real, fake)
         loss_g = self._update_g(fake)
-        self.ema.update(self.G)
+        self.ema.update(self.G, self.step)
         self.step += 1
         return torch.stack([loss_d, loss_g, d_real, d_fake]).detach().float()
 

@@ -79,8 +79,10 @@ def evaluate_checkpoint(
             f"{config.resolution} px; evaluate on a dataset of the checkpoint's resolution"
         )
     discriminator, _ = discriminator_from_state(state, accelerator.device)
-    val, val_labels, val_groups = _load(version, "val", max(n_samples, VAL_MIN_IMAGES), workers)
-    train, _, _ = _load(version, "train", max(n_samples, TRAIN_REFERENCE_IMAGES), workers)
+    val, val_labels, val_groups = load_images(
+        version, "val", max(n_samples, VAL_MIN_IMAGES), workers
+    )
+    train, _, _ = load_images(version, "train", max(n_samples, TRAIN_REFERENCE_IMAGES), workers)
     log.info("evaluating on %d val and %d train images", len(val), len(train))
     inputs = EvalInputs(
         generated=generate(generator, n_samples, SEED, accelerator.device),
@@ -129,7 +131,7 @@ evaluate_task = task(name="evaluate")(evaluate_checkpoint)
 # ---------------------------------------------------------------- inputs
 
 
-def _load(
+def load_images(
     version: DatasetVersion, split: str, wanted: int, workers: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Centre windows uint8 [N,3,R,R], city int64 [N] and sequence ids int64 [N] (or None)

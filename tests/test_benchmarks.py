@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from benchmarks import prepare as prepare_bench
+from benchmarks import quality as quality_bench
 from benchmarks import train as train_bench
 
 
@@ -35,3 +36,24 @@ def test_train_benchmark_sets_up_and_runs_one_step(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["reference"]["images_per_s"] > 0 and result["ours"][0]["batch"] == 32
     assert result["loader_per_core"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_quality_benchmark_trains_every_arm_for_equal_time_and_scores_it(tmp_path, monkeypatch):
+    data = tmp_path / "bench"
+    run(
+        train_bench,
+        ["setup", "--images", "200", "--val-fraction", "0.3", "--out", str(data)],
+        monkeypatch,
+    )
+    out = tmp_path / "quality.json"
+    args = ["--data", str(data), "--device", "cpu", "--seconds", "1", "--batch-sizes", "16,32"]
+    run(quality_bench, [*args, "--images", "24", "--workers", "1", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    ours, reference = result["arms"][:2], result["arms"][2]
+    assert [arm["batch"] for arm in ours] == [16, 32] and reference["arm"] == "reference"
+    assert reference["seconds"] >= max(arm["seconds"] for arm in ours)  # never less time
+    assert all(arm["steps"] >= 1 and arm["swd"]["mean"] > 0 for arm in result["arms"])
+    assert result["val_images"] == 24 and result["floor"]["mean"] > 0
+    assert set(result["swd_mean_by_config"]) == {"ours-b16", "ours-b32", "reference"}
+    assert isinstance(result["ours_at_least_as_good"], bool)
