@@ -313,6 +313,21 @@ def evaluate(
 
 
 @app.command()
+def promote(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run name under data/runs, or an MLflow run id.")],
+    alias: Annotated[str, typer.Option(help="Registry alias to point at it.")] = "champion",
+) -> None:
+    """Point models:/msls-dcgan@ALIAS at the newest version a run registered."""
+    from tasks.track import promote_run
+
+    layout: DataLayout = ctx.obj
+    with _errors():
+        version = promote_run(run, alias, layout.root)
+    console.print(f"models:/msls-dcgan@{alias} -> version {version.version} (run {version.run_id})")
+
+
+@app.command()
 def quickstart(
     ctx: typer.Context,
     minutes: Annotated[float, typer.Option(help="Training budget of the demo run.")] = 1.5,

@@ -18,7 +18,7 @@ from flows.prepare import prepare, prepare_configs
 from shards.split import DEFAULT_HOLDOUT_CITIES
 from tasks.evaluate import evaluate_task, summary_markdown
 from tasks.render import render_task
-from tasks.track import track_task
+from tasks.track import evaluation_task, track_task
 from tasks.train import train_job, train_task
 
 
@@ -101,6 +101,7 @@ def train(
     evaluation = evaluate_task(checkpoint, Path(root), None, inception_weights, eval_samples)
     outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
     track_task(trained["mlflow_run_id"], outputs, None, root)
+    evaluation_task(trained["mlflow_run_id"], evaluation, root)
     create_markdown_artifact(
         key="msls-train-summary",
         markdown=summary_markdown(evaluation)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -27,19 +26,19 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # on by default; DO_N
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from gan.checkpoint import save_checkpoint
 from gan.distributed import world_from_env
 from gan.trainer import Trainer
 from shards.atomic import write_text
 from shards.dataset import resolve_version
 from shards.layout import DataLayout, default_data_root
 from shards.provenance import code_version
+from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
 from tasks.train import TrainJob, _run_dir
 
-MODEL_NAME = "msls-dcgan"
 RUN_ID_FILE = "mlflow_run_id"
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
@@ -213,7 +212,8 @@ class MlflowCallback:
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         if (self.run_dir / "samples").is_dir():
             self.client.log_artifacts(self.run_id, str(self.run_dir / "samples"), "samples")
-        register_generator(self.client, self.run_id, trainer, self.job)
+        state = {"ema": trainer.ema.state_dict(), "job": self.job.to_dict()}
+        register_generator(self.client, self.run_id, state, self.job.dataset, trainer.step)
         self.end("FINISHED")
 
     def flush(self) -> None:
@@ -228,40 +228,6 @@ class MlflowCallback:
         if self.active:
             self.flush()
             self.client.set_terminated(self.run_id, status=status)
-
-
-def register_generator(client: MlflowClient, run_id: str, trainer: Trainer, job: TrainJob):
-    """Log the EMA generator as an msls checkpoint and register it as `msls-dcgan`.
-
-    The artifact `generator/generator.pt` holds only the EMA weights and the job (whose
-    model section rebuilds the architecture): `gan.sampling.load_generator` reads it
-    with `weights_only=True`. mlflow.pytorch.log_model would pickle the module instead
-    (code runs on load) and infer pip requirements in a subprocess; a registered
-    version pointing at the run's artifact directory needs neither.
-    """
-    state = {
-        "ema": trainer.ema.state_dict(),
-        "job": job.to_dict(),
-        "dataset": job.dataset,
-        "step": trainer.step,
-        "code_version": code_version(),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp) / "generator.pt", state)
-        client.log_artifact(run_id, str(Path(tmp) / "generator.pt"), "generator")
-    try:
-        client.create_registered_model(MODEL_NAME)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/generator"
-    return client.create_model_version(
-        MODEL_NAME,
-        source,
-        run_id=run_id,
-        tags={"dataset_version": job.dataset, "step": str(trainer.step)},
-        description=f"EMA generator of {job.run or run_id} at step {trainer.step}",
-    )
 
 
 def log_artifacts(
@@ -281,4 +247,19 @@ def log_artifacts(
             raise FileNotFoundError(f"{path}: nothing to log to MLflow run {run_id}")
 
 
+def log_evaluation(run_id: str, evaluation: dict, data_root: str | os.PathLike[str]) -> None:
+    """The evaluation headline onto the run (metrics) and its registered version (tags)."""
+    record_evaluation(client_for(data_root), run_id, evaluation)
+
+
+def promote_run(
+    run: str, alias: str = DEFAULT_ALIAS, data_root: str | os.PathLike[str] | None = None
+) -> ModelVersion:
+    """`models:/msls-dcgan@<alias>` -> the newest version of `run` (a run name or MLflow id)."""
+    root = data_root if data_root is not None else default_data_root()
+    run_id = run_id_of(DataLayout.at(root).runs / run) or run
+    return promote(client_for(root), run_id, alias)
+
+
 track_task = task(name="track")(log_artifacts)
+evaluation_task = task(name="track-evaluation")(log_evaluation)

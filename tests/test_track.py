@@ -7,14 +7,15 @@ import socket
 from dataclasses import replace
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from gan.checkpoint import load_checkpoint
 from gan.sampling import generator_from_state
 from shards.provenance import code_version
+from tasks.registry import MODEL_NAME
 from tasks.track import (
-    MODEL_NAME,
     MlflowCallback,
     flatten,
     log_artifacts,
@@ -106,7 +107,7 @@ def test_metric_histories_have_the_logging_steps(runs, client):
 def test_checkpoint_and_registered_generator(runs, client, tmp_path):
     run_id, resumed = runs.run_id, runs.resumed
     names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"checkpoint", "generator", "options.json", "stats.jsonl"} <= names
+    assert {"checkpoint", "options.json", "stats.jsonl"} <= names
     assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == [
         "checkpoint/checkpoint.pt"
     ]
@@ -116,10 +117,18 @@ def test_checkpoint_and_registered_generator(runs, client, tmp_path):
     assert latest.run_id == run_id
     assert latest.tags["dataset_version"] == resumed["dataset"]
     assert latest.tags["step"] == "6"
-    local = client.download_artifacts(run_id, "generator/generator.pt", str(tmp_path))
-    G, config = generator_from_state(load_checkpoint(local))
+    outputs = client.get_run(run_id).outputs.model_outputs  # MLflow 3 LoggedModels, by step
+    models = {o.step: client.get_logged_model(o.model_id) for o in outputs}
+    assert sorted(models) == [4, 6]
+    assert all(m.source_run_id == run_id and m.status == "READY" for m in models.values())
+    assert latest.source == models[6].artifact_location
+    local = client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    weights = mlflow.artifacts.download_artifacts(
+        f"{latest.source}/artifacts/generator.pt", dst_path=str(tmp_path / "model")
+    )
+    G, config = generator_from_state(load_checkpoint(weights))
     assert config.nz == 16
-    final = load_checkpoint(resumed["checkpoint"])
+    final = load_checkpoint(local)
     assert all((G.state_dict()[k] == v).all() for k, v in final["ema"].items())
 
 
