@@ -144,4 +144,3 @@ def _show(value: Any) -> str:
     if value == "" or value is None:
         return "none"
     return str(value)
-

@@ -1,13 +1,13 @@
 """A training run's directory under `<data root>/runs/`: what it holds, named once.
 
-    options.json    the resolved job that ran (every option), code version, accelerator
-    job.json        the job handed to each torchrun process (multi-process runs)
-    stats.jsonl     one line of metrics per logged step
-    checkpoint.pt   the latest complete checkpoint (atomic)
-    result.json     what the run returned (run, checkpoint, step, dataset)
-    mlflow_run_id   the MLflow run it is tracked as
-    samples/        fixed-noise grids over training
-    evaluation.json, report.html   the judgement (tasks/evaluate.py)
+options.json    the resolved job that ran (every option), code version, accelerator
+job.json        the job handed to each torchrun process (multi-process runs)
+stats.jsonl     one line of metrics per logged step
+checkpoint.pt   the latest complete checkpoint (atomic)
+result.json     what the run returned (run, checkpoint, step, dataset)
+mlflow_run_id   the MLflow run it is tracked as
+samples/        fixed-noise grids over training
+evaluation.json, report.html   the judgement (tasks/evaluate.py)
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from shards.provenance import code_version
 from tasks.track import (
     MODEL_NAME,
     MlflowCallback,
-    params_of,
     log_artifacts,
+    params_of,
     pin_run,
     run_id_of,
     tracking_uri,
