@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shards.options import option
+
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
 RESOLUTIONS = (64, 128)
@@ -32,12 +34,15 @@ FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the 
 class ModelConfig:
     """The architecture; saved with every checkpoint and re-applied on load."""
 
-    resolution: int = 64  # 64 or 128 px, square
-    nz: int = 100  # latent size
-    ngf: int = 64  # generator width: channels of its last hidden stage
-    ndf: int = 64  # discriminator width: channels of its first stage
-    generator: str = "transposed"  # transposed | upsample (nearest + 3x3 conv: no checkerboard)
-    d_norm: str = "batch"  # batch | layer | none (WGAN-GP's per-sample penalty: not batch)
+    resolution: int = 64  # 64 or 128 px, square: the dataset's, never set by hand
+    nz: int = option(100, "Latent size.")
+    ngf: int = option(64, "G width: channels of its last hidden stage (the paper's 64).")
+    ndf: int = option(64, "D width: channels of its first stage (the paper's 64).")
+    generator: str = option(
+        "transposed", "G's upsampling: stride-2 transposed convs (the paper's), or nearest "
+        "x2 + 3x3 conv (no checkerboard).", choices=GENERATORS)  # fmt: skip
+    d_norm: str = option("batch", "D's normalisation (WGAN-GP's per-sample penalty needs "
+                         "layer or none).", choices=D_NORMS)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:

@@ -18,8 +18,9 @@ from gan.accelerators import Accelerator
 from gan.augment import random_window
 from gan.distributed import World, average_gradients, broadcast_module
 from gan.ema import EMA
-from gan.losses import gradient_penalty, make_loss
+from gan.losses import LOSSES, gradient_penalty, make_loss
 from gan.models import ModelConfig, build_models
+from shards.options import option
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 
@@ -28,21 +29,24 @@ METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 class TrainConfig:
     """Optimisation settings (DCGAN defaults). A step is one generator update."""
 
-    batch_size: int = 128  # per process
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    loss: str = "bce"  # bce (non-saturating) | hinge | wgan-gp
-    label_smoothing: float = 0.0  # one-sided: real target 1 - s (bce only)
-    d_steps: int = 1  # discriminator updates per generator update
-    gp_weight: float = 10.0  # wgan-gp only
-    ema_beta: float = 0.999
-    flip: bool = True
-    seed: int = 0
-    compile: str = ""  # a torch.compile backend ("inductor"); "" runs eagerly
+    batch_size: int = option(128, "Images per step, per process.")
+    lr_g: float = option(2e-4, "Adam learning rate of G (TTUR: may differ from lr_d).")
+    lr_d: float = option(2e-4, "Adam learning rate of D.")
+    beta1: float = option(0.5, "Adam beta1 (the DCGAN paper's 0.5).")
+    beta2: float = option(0.999, "Adam beta2.")
+    loss: str = option("bce", "GAN objective; bce is non-saturating.", choices=tuple(LOSSES))
+    label_smoothing: float = option(0.0, "One-sided: D's real target is 1 - s (bce only).")
+    d_steps: int = option(0, "D updates per G update; 0 = 5 for wgan-gp, else 1.")
+    gp_weight: float = option(10.0, "WGAN-GP penalty weight (wgan-gp only).")
+    ema_beta: float = option(0.999, "Final decay of G's EMA (it warms up from 0.1).")
+    flip: bool = option(True, "Random horizontal flips of real images.")
+    seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
+    compile: str = option("", "torch.compile backend for G and D, e.g. inductor; empty: eager. "
+                          "A backend that fails falls back to eager with a warning.")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.d_steps == 0:  # the critic steps follow the objective (WGAN-GP: 5)
+            object.__setattr__(self, "d_steps", 5 if self.loss == "wgan-gp" else 1)
         rules = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0"),

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from shards.errors import DatasetError
+from shards.options import option
 from shards.parallel import cpu_count
 from shards.processes import exit_with
 from shards.progress import track
@@ -62,12 +63,15 @@ class LoaderConfig:
     """How a split becomes batches. Recorded with the run."""
 
     batch_size: int = 128
-    cache: str = "auto"  # none: stream shards; host: decode once into RAM; device: into VRAM
-    workers: int = 0  # loader processes (and streams); 0 = cores, at most 8
-    city_temperature: float = 1.0  # p(city) ∝ n_city ** T: 1 natural, 0 uniform over cities
-    shuffle_buffer: int = 2000  # samples, per stream
-    seed: int = 0
-    skip_bad_shards: bool = False  # a missing or corrupt shard: False raises, True warns and skips
+    cache: str = option("auto", "none streams shards; host decodes the split once into RAM; "
+                        "device into accelerator memory; auto: device where it fits.",
+                        choices=CACHES)  # fmt: skip
+    workers: int = option(0, "Loader processes (and streams); 0 = one per core, at most 8.")
+    city_temperature: float = option(1.0, "p(city) ∝ n_city ** T: 1 natural, 0 city-balanced.")
+    shuffle_buffer: int = option(2000, "Streaming shuffle buffer, samples per stream.")
+    seed: int = 0  # the run's seed (TrainConfig.seed), set by the job
+    skip_bad_shards: bool = option(False, "A missing or corrupt shard: skip it with a warning "
+                                   "(else stop).")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # on by default; DO_NOT_TRACK is ignored
 
@@ -35,11 +34,12 @@ from gan.trainer import Trainer
 from shards.atomic import write_text
 from shards.dataset import resolve_version
 from shards.layout import DataLayout, default_data_root
+from shards.options import flat
 from shards.provenance import code_version
+from shards.rundir import RunDir
+from tasks.jobs import TrainJob
 from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
-from tasks.train import TrainJob, _run_dir
 
-RUN_ID_FILE = "mlflow_run_id"
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
 log = logging.getLogger("msls.track")
@@ -77,16 +77,10 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
         return client.get_experiment_by_name(name).experiment_id
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"train": {"lr_g": 2e-4}} -> {"train.lr_g": "0.0002"} (MLflow params are strings)."""
-    flat: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:PARAM_LIMIT]
-    return flat
+def params_of(job: TrainJob) -> dict[str, str]:
+    """MLflow params: every option by its CLI/flow name, plus the dataset's resolution."""
+    values = {**flat(job), "resolution": job.model.resolution}
+    return {name: str(value)[:PARAM_LIMIT] for name, value in values.items()}
 
 
 def prefect_flow_run_id() -> str | None:
@@ -108,7 +102,7 @@ def pin_run(job: TrainJob) -> tuple[TrainJob, Path]:
     """
     layout = DataLayout.at(job.data_root)
     job = replace(job, dataset=resolve_version(layout, job.dataset))
-    run_dir = _run_dir(layout, job)
+    run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if not job.resume:
         job = replace(job, run=run_dir.name)
     return job, run_dir
@@ -116,7 +110,7 @@ def pin_run(job: TrainJob) -> tuple[TrainJob, Path]:
 
 def run_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow run id recorded in a run directory, or None if it was never tracked."""
-    path = Path(run_dir) / RUN_ID_FILE
+    path = RunDir(Path(run_dir)).mlflow_run_id
     return path.read_text().strip() or None if path.is_file() else None
 
 
@@ -149,10 +143,10 @@ class MlflowCallback:
             experiment = experiment_id(self.client, f"msls-{job.dataset}", job.data_root)
             run = self.client.create_run(experiment, run_name=self.run_dir.name)
             self.run_id = run.info.run_id
-            write_text(self.run_dir / RUN_ID_FILE, self.run_id + "\n")
+            write_text(RunDir(self.run_dir).mlflow_run_id, self.run_id + "\n")
         else:
             self.client.update_run(self.run_id, status="RUNNING")
-        self._log_params(flatten(job.to_dict()))
+        self._log_params(params_of(job))
         tags = {"dataset_version": job.dataset, "code_version": code_version()}
         flow_run = prefect_flow_run_id()
         if flow_run:
