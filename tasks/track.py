@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from prefect import task
 
 from gan.distributed import world_from_env
@@ -41,6 +42,11 @@ from tasks.jobs import TrainJob
 from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
 
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
+# MLflow 3.17's UI picks its GenAI or model-training view from its workflow-type switch
+# (`?workflowType=machine_learning`, then remembered in the browser), not from this tag;
+# the tag records the kind for MLflow versions and tools that read it.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_METRICS_INTERVAL = 5.0  # seconds between CPU/memory/GPU samples
 
 log = logging.getLogger("msls.track")
 
@@ -72,7 +78,7 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
     if not tracking_uri(data_root).startswith(("http://", "https://", "databricks")):
         location = (DataLayout.at(data_root).root.resolve() / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 
@@ -135,10 +141,12 @@ class MlflowCallback:
         self.checkpoint: Path | None = None
         self._pending: list = []
         self._tagged = False
+        self._monitor: SystemMetricsMonitor | None = None
         if not self.active:
             return
         self.client = client_for(job.data_root)
         self.run_id = run_id_of(self.run_dir)
+        resumed = self.run_id is not None
         if self.run_id is None:
             experiment = experiment_id(self.client, f"msls-{job.dataset}", job.data_root)
             run = self.client.create_run(experiment, run_name=self.run_dir.name)
@@ -153,6 +161,14 @@ class MlflowCallback:
             tags["prefect_flow_run_id"] = flow_run
         self._set_tags(tags)
         log.info("MLflow run %s (%s)", self.run_id, tracking_uri(job.data_root))
+        if job.nproc == 1 or world_from_env().size > 1:  # the process that trains, not a launcher
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=SYSTEM_METRICS_INTERVAL,
+                resume_logging=resumed,
+                tracking_uri=tracking_uri(job.data_root),
+            )
+            self._monitor.start()
 
     def __enter__(self) -> MlflowCallback:
         return self
@@ -221,6 +237,9 @@ class MlflowCallback:
         """Close the MLflow run (call with "FAILED" when training raised)."""
         if self.active:
             self.flush()
+            if self._monitor is not None:  # its last samples, before the run closes
+                self._monitor.finish()
+                self._monitor = None
             self.client.set_terminated(self.run_id, status=status)
 
 

@@ -158,14 +158,17 @@ def train_tracked(job: TrainJob) -> dict:
     With `nproc > 1` this process creates the MLflow run and rank 0 of the torchrun
     processes fills it (the same callbacks as one process); a failure marks it FAILED.
     """
+    from tasks.progress import StatsProgress, TrainingProgress
     from tasks.track import MlflowCallback, pin_run, run_id_of
 
     job, run_dir = pin_run(job)
+    progress = TrainingProgress(job)  # a bar in the Prefect UI
     with MlflowCallback(job, run_dir) as tracker:  # a crash marks the MLflow run FAILED
         if job.nproc > 1 and world_from_env().size == 1:
-            result = _launch(job, run_dir, ("--tracked",))
+            with StatsProgress(progress, RunDir(run_dir).stats):
+                result = _launch(job, run_dir, ("--tracked",))
         else:
-            result = train_model(job, tracked_callbacks(job, run_dir, tracker))
+            result = train_model(job, [progress, *tracked_callbacks(job, run_dir, tracker)])
     return {**result, "mlflow_run_id": run_id_of(run_dir)}
 
 

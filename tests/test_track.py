@@ -40,6 +40,7 @@ def runs(tmp_path_factory):
     """One tracked run of 4 steps, then the same run resumed to 6 steps."""
     with pytest.MonkeyPatch.context() as env:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)  # the data root's store, not the user's
+        env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # samples in a short run
         root = build_dataset(tmp_path_factory.mktemp("track"))
         first, run_id = tracked(tiny_job(root, run="tracked"))
         first_history = MlflowClient(tracking_uri(root)).get_metric_history(run_id, "loss_d")
@@ -70,6 +71,7 @@ def test_one_run_with_every_param_tag_and_metric(runs, client):
     assert run.info.run_name == "tracked"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == f"msls-{first['dataset']}"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location.startswith((root.resolve() / "mlartifacts").as_uri())
     named = client.search_runs([run.info.experiment_id], "attributes.run_name = 'tracked'")
     assert len(named) == 1
@@ -122,6 +124,15 @@ def test_checkpoint_and_registered_generator(runs, client, tmp_path):
     assert config.nz == 16
     final = load_checkpoint(local)
     assert all((G.state_dict()[k] == v).all() for k, v in final["ema"].items())
+
+
+def test_system_metrics_are_sampled_while_training(runs, client):
+    metrics = client.get_run(runs.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    history = client.get_metric_history(runs.run_id, "system/cpu_utilization_percentage")
+    steps = [m.step for m in history]
+    assert len(set(steps)) == len(steps)  # the resumed session continued the step count
 
 
 def test_resume_continues_the_same_mlflow_run(runs, client):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from tasks.progress import TRAIN_KEY
 from tasks.registry import MODEL_NAME
 from tasks.track import tracking_uri
 from tests.tiny import build_dataset
@@ -32,6 +35,7 @@ def test_two_gloo_ranks_through_the_flow_fill_one_complete_mlflow_run(
     from flows.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     root = build_dataset(tmp_path)
     result = train(source="", data_root=str(root), nproc=2, **TINY)
 
@@ -56,3 +60,9 @@ def test_two_gloo_ranks_through_the_flow_fill_one_complete_mlflow_run(
     (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
     assert version.run_id == run.info.run_id and version.tags["step"] == "4"
     assert "eval.swd_val.verdict" in version.tags
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled by rank 0
+
+    with get_client(sync_client=True) as prefect:
+        key = ArtifactFilterKey(any_=[TRAIN_KEY])
+        (bar,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=key))
+    assert bar.data == 100.0 and str(bar.flow_run_id) == run.data.tags["prefect_flow_run_id"]
