@@ -195,7 +195,11 @@ class MlflowCallback:
             return
         self._tag_trainer(trainer)
         now = mlflow.utils.time.get_current_time_millis()
-        batch = [Metric(k, float(v), now, trainer.step) for k, v in metrics.items()]
+        batch = [  # `health` is a list of warnings: the report shows it, not a curve
+            Metric(k, float(v), now, trainer.step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        ]
         self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:

@@ -225,7 +225,9 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             "run": run_dir.name,
             "run_dir": str(run_dir),
             "checkpoint": str(checkpoint),
-            "step": trainer.step,
+            "step": trainer.step,  # what the budget bought: steps, in `seconds` of training
+            "seconds": round(trainer.seconds, 1),
+            "health": trainer.health,  # each kind of warning the run raised -> first step
             "dataset": job.dataset,
         }
         if world.is_main:
