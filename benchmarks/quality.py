@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.train import forever, imagefolder_loader, reference_step
-from gan.accelerators import resolve_accelerator
 from gan.checkpoint import load_checkpoint
 from gan.metrics import swd
 from gan.models import Generator, ModelConfig, build_models
