@@ -29,9 +29,11 @@ from gan.trainer import TrainConfig, Trainer
 from shards.atomic import write_text
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
+from shards.loader import LoaderConfig
 from shards.provenance import code_version
-from shards.reader import DatasetVersion, LoaderConfig, make_batches
+from shards.reader import make_batches
 from shards.retention import lease
+from shards.version import DatasetVersion
 
 SECTIONS = {"train": TrainConfig, "model": ModelConfig, "loader": LoaderConfig, "loop": LoopConfig}
 
@@ -124,7 +126,7 @@ def train_job(
                           d_steps=5 if loss == "wgan-gp" else 1,
                           compile="inductor" if compile else ""),
         model=model,
-        loader=LoaderConfig(cache=cache, city_temperature=city_temperature, seed=seed,
+        loader=LoaderConfig(cache=cache, city_temperature=city_temperature,
                             skip_bad_shards=skip_bad_shards),
         loop=LoopConfig(log_every=20),  # a CPU demo makes ~2 steps/s: a point every ~10 s
     )  # fmt: skip
@@ -197,7 +199,9 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             batches = make_batches(
                 version,
                 "train",
-                replace(job.loader, batch_size=job.train.batch_size),
+                job.loader,
+                batch_size=job.train.batch_size,
+                seed=job.train.seed,
                 rank=world.rank,
                 world_size=world.size,
                 device=accelerator.device,
