@@ -361,6 +361,8 @@ def worth_retrying(_task: object, _task_run: object, state: object) -> bool:
     """Prefect retries the step only where waiting may help: never for expired links."""
     # raise_on_failure=False hands back the exception without re-raising it here
     error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
+    if isinstance(error, ChecksumError):  # the file on disk is wrong: waiting cannot help
+        return False
     return not isinstance(error, DownloadError) or error.retryable
 
 
