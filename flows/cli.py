@@ -260,7 +260,7 @@ def ui(
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 raise ValueError(f"port {port} on 127.0.0.1 is in use; try --port") from None
-    artifacts = layout.root.resolve() / "mlartifacts"
+    artifacts = layout.mlflow_artifacts.resolve().as_uri()
     command = [
         sys.executable,
         "-m",
