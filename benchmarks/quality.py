@@ -40,7 +40,7 @@ from gan.metrics import swd
 from gan.models import Generator, ModelConfig, build_models
 from gan.sampling import generate, generator_from_state
 from shards.parallel import cpu_count
-from shards.reader import DatasetVersion
+from shards.version import DatasetVersion
 from tasks.evaluate import load_images
 from tasks.train import train_job, train_model
 

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shards.geometry import RESOLUTIONS
 from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
-RESOLUTIONS = (64, 128)
 FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 

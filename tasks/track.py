@@ -47,12 +47,12 @@ log = logging.getLogger("msls.track")
 
 
 def tracking_uri(data_root: str | os.PathLike[str] | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else `sqlite:///<absolute data root>/mlflow.db`."""
+    """MLFLOW_TRACKING_URI if set, else the data root's own store (`sqlite_uri`)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = DataLayout.at(data_root).root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    layout = DataLayout.at(data_root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    return layout.mlflow_uri
 
 
 def client_for(data_root: str | os.PathLike[str] | None = None) -> MlflowClient:
@@ -71,7 +71,7 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
         return found.experiment_id
     location = None
     if not tracking_uri(data_root).startswith(("http://", "https://", "databricks")):
-        location = (DataLayout.at(data_root).root.resolve() / "mlartifacts" / name).as_uri()
+        location = (DataLayout.at(data_root).mlflow_artifacts.resolve() / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process

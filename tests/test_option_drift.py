@@ -80,7 +80,7 @@ def test_seed_sweep_device_and_recorded_options(tmp_path, monkeypatch, asked_dev
     options = json.loads((Path(first["checkpoint"]).parent / "options.json").read_text())
     ran = TrainJob.from_dict(options["job"])
     assert ran.train.batch_size == 8 and ran.train.seed == 0 and ran.model.ngf == 8
-    assert ran.loader.seed == ran.train.seed
+    assert "batch_size" not in options["job"]["loader"] and "seed" not in options["job"]["loader"]
     assert (ran.minutes, ran.steps) == (0.0, 4)  # the explicit budget replaced the preset's
     params = MlflowClient(tracking_uri(root)).get_run(first["mlflow_run_id"]).data.params
     assert {k: params[k] for k in flat(ran)} == {k: str(v) for k, v in flat(ran).items()}
