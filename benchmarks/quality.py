@@ -37,7 +37,7 @@ from gan.models import Generator, ModelConfig, build_models
 from gan.render import image_grid, save_image
 from gan.sampling import generate, generator_from_state
 from shards.parallel import cpu_count
-from shards.reader import DatasetVersion
+from shards.version import DatasetVersion
 from tasks.evaluate import load_images
 from tasks.train import TrainJob, train_job, train_model
 

@@ -21,7 +21,7 @@ from gan.augment import AdaptiveStrength, diff_augment, parse_policy, random_win
 from gan.distributed import World, all_mean, average_gradients, broadcast_module
 from gan.ema import EMA
 from gan.health import diversity
-from gan.losses import gradient_penalty, make_loss, r1_penalty
+from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
 
@@ -37,50 +37,48 @@ METRICS = (
     "ada_p",  # the augmentation probability (1 for plain DiffAugment, 0 with none)
     "real_diversity",  # mean per-pixel std across the real batch: `diversity`'s yardstick
 )
-LOSS_CHOICES = ("bce", "hinge", "wgan-gp")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (DCGAN defaults). A step is one generator update."""
 
-    batch_size: int = option(128, "images per D step, per process")
-    lr_g: float = option(2e-4, "G's Adam learning rate (TTUR: may differ from lr_d)")
-    lr_d: float = option(2e-4, "D's Adam learning rate (TTUR, Heusel et al. 2017)")
-    beta1: float = option(0.5, "Adam beta1 of both optimisers")
-    beta2: float = option(0.999, "Adam beta2 of both optimisers")
-    loss: str = option(
-        "bce", "GAN objective: bce (non-saturating), hinge or wgan-gp", choices=LOSS_CHOICES
-    )
-    label_smoothing: float = option(
-        0.0, "one-sided label smoothing: D's real target is 1 - s (bce only; 0.1 helps on CPU)"
-    )
-    d_steps: int = option(1, "D updates per G update")
-    gp_weight: float = option(10.0, "WGAN-GP gradient penalty weight (wgan-gp only)")
+    batch_size: int = option(128, "Images per D step, per process.")
+    lr_g: float = option(2e-4, "Adam learning rate of G (TTUR: may differ from lr_d).")
+    lr_d: float = option(2e-4, "Adam learning rate of D (TTUR, Heusel et al. 2017).")
+    beta1: float = option(0.5, "Adam beta1 of both optimisers (the DCGAN paper's 0.5).")
+    beta2: float = option(0.999, "Adam beta2 of both optimisers.")
+    loss: str = option("bce", "GAN objective; bce is non-saturating.", choices=tuple(LOSSES))
+    label_smoothing: float = option(0.0, "One-sided: D's real target is 1 - s (bce only).")
+    d_steps: int = option(0, "D updates per G update; 0 = 5 for wgan-gp, else 1.")
+    gp_weight: float = option(10.0, "WGAN-GP penalty weight (wgan-gp only).")
     r1_gamma: float = option(
-        0.0, "R1 penalty weight on D's gradient at real images (Mescheder et al. 2018); 0: off"
+        0.0, "R1 penalty weight on D's gradient at real images (Mescheder et al. 2018); 0: off."
     )
-    r1_every: int = option(16, "lazy R1: apply it every k D steps, weighted by k (StyleGAN2)")
+    r1_every: int = option(16, "Lazy R1: apply it every k D steps, weighted by k (StyleGAN2).")
     diffaugment: str = option(
         "",
         "DiffAugment policy (Zhao et al. 2020): comma-separated subset of "
-        "color,translation,cutout, applied to real and fake before every D call; '' off",
+        "color,translation,cutout, applied to real and fake before every D call; empty: off.",
     )
     ada_target: float = option(
         0.0,
         "ADA (Karras et al. 2020): target of r_t = E[sign(D(real))] that drives the "
-        "probability of each diffaugment transform; 0: always applied",
+        "probability of each DiffAugment transform; 0: always applied.",
     )
-    ada_kimg: float = option(10.0, "ADA speed: thousands of real images for p to go 0 -> 1")
-    ema_beta: float = option(0.999, "decay of G's exponential moving average")
+    ada_kimg: float = option(10.0, "ADA speed: thousands of real images for p to go 0 -> 1.")
+    ema_beta: float = option(0.999, "Final decay of G's EMA (it warms up from 0.1).")
     ema_bn_batches: int = option(
-        4, "no-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's"
+        4, "No-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's."
     )
-    flip: bool = option(True, "random horizontal flips of the real windows")
-    seed: int = option(0, "training seed (weights, noise, augmentation)")
-    compile: str = option("", "a torch.compile backend (inductor); '' runs eagerly")
+    flip: bool = option(True, "Random horizontal flips of the real windows.")
+    seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
+    compile: str = option("", "torch.compile backend for G and D, e.g. inductor; empty: eager. "
+                          "A backend that fails falls back to eager with a warning.")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.d_steps == 0:  # the critic steps follow the objective (WGAN-GP: 5)
+            object.__setattr__(self, "d_steps", 5 if self.loss == "wgan-gp" else 1)
         rules = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr_g > 0 and self.lr_d > 0, "learning rates lr_g and lr_d must be > 0"),
