@@ -204,7 +204,7 @@ def ui(
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 raise ValueError(f"port {port} on 127.0.0.1 is in use; try --port") from None
-    artifacts = layout.root.resolve() / "mlartifacts"
+    artifacts = layout.mlflow_artifacts.resolve().as_uri()
     command = [
         sys.executable,
         "-m",
@@ -332,16 +332,16 @@ def _print_dataset(layout: DataLayout, version: str, built: bool) -> None:
     from shards.dataset import load_info
 
     info = load_info(layout, version)
-    splits = sorted(info["counts"], key=["train", "val", "ood"].index)
+    splits = sorted(info.counts, key=["train", "val", "ood"].index)
     table = Table(title=f"dataset {version} ({'built' if built else 'already there'})")
     table.add_column("city")
     for split in splits:
         table.add_column(split, justify="right")
-    for city in info["cities"]:
-        table.add_row(city, *(str(info["counts"][s].get(city, "")) for s in splits))
-    table.add_row("total", *(str(info["totals"][s]) for s in splits), style="bold")
+    for city in info.cities:
+        table.add_row(city, *(str(info.counts[s].get(city, "")) for s in splits))
+    table.add_row("total", *(str(info.totals[s]) for s in splits), style="bold")
     console.print(table)
-    dropped = ", ".join(f"{k} {v}" for k, v in sorted(info["dropped"].items())) or "none"
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(info.dropped.items())) or "none"
     console.print(f"dropped: {dropped}")
     console.print(f"version: {version}\nshards:  {layout.dataset(version)}")
 

@@ -9,6 +9,8 @@ Where this differs from pytorch/examples, on purpose:
 - One rule builds both resolutions: channels halve each time the resolution doubles.
   At 128 px G therefore starts at ngf*16 (4x4x1024) and D ends at ndf*16, one stage
   more than at 64 px (G 12,786,560 / D 11,164,416 parameters at the defaults).
+- spectral_norm=True wraps each of D's convs in a spectral-norm parametrisation (power
+  iteration buffers only: the parameter counts stay those above).
 - generator="upsample" swaps each stride-2 transposed conv for nearest x2 + 3x3 conv:
   fewer weights (G 2,371,136 at 64 px), no checkerboard artefacts.
 """
@@ -21,12 +23,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
+from shards.geometry import RESOLUTIONS
 from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
-RESOLUTIONS = (64, 128)
 FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 
@@ -43,6 +46,11 @@ class ModelConfig:
         "x2 + 3x3 conv (no checkerboard).", choices=GENERATORS)  # fmt: skip
     d_norm: str = option("batch", "D's normalisation (WGAN-GP's per-sample penalty needs "
                          "layer or none).", choices=D_NORMS)  # fmt: skip
+    spectral_norm: bool = option(
+        False,
+        "Spectral normalisation of every D weight (Miyato et al. 2018): a 1-Lipschitz D "
+        "that cannot run away from G; usually with d_norm none and the hinge loss.",
+    )
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -171,8 +179,16 @@ def weights_init(module: nn.Module) -> None:
 
 
 def build_models(config: ModelConfig) -> tuple[Generator, Discriminator]:
-    """G and D for `config`, DCGAN-initialised, on the CPU in fp32."""
+    """G and D for `config`, DCGAN-initialised, on the CPU in fp32.
+
+    Spectral norm is applied after the init: it divides whatever weights D starts
+    with by their largest singular value, so the N(0, 0.02) draw still sets directions.
+    """
     generator, discriminator = Generator(config), Discriminator(config)
     generator.apply(weights_init)
     discriminator.apply(weights_init)
+    if config.spectral_norm:
+        for module in discriminator.modules():
+            if isinstance(module, nn.Conv2d):
+                spectral_norm(module)
     return generator, discriminator

@@ -19,10 +19,10 @@ from gan.loop import LoopConfig
 from gan.models import ModelConfig
 from gan.trainer import TrainConfig
 from shards.imaging import ShardConfig
+from shards.loader import LoaderConfig
 from shards.lock import DEFAULT_LOCK_TIMEOUT
 from shards.options import from_dict, option
 from shards.publish import check_url
-from shards.reader import LoaderConfig
 from shards.retention import check_keep
 from shards.split import SplitConfig
 from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
@@ -113,9 +113,6 @@ class TrainJob:
         # WGAN-GP's penalty is per sample: its critic must not mix samples in BatchNorm.
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             object.__setattr__(self, "model", replace(self.model, d_norm="layer"))
-        # The loader's data order is part of the run's seed, not an option of its own.
-        if self.loader.seed != self.train.seed:
-            object.__setattr__(self, "loader", replace(self.loader, seed=self.train.seed))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,12 +52,12 @@ log = logging.getLogger("msls.track")
 
 
 def tracking_uri(data_root: str | os.PathLike[str] | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else `sqlite:///<absolute data root>/mlflow.db`."""
+    """MLFLOW_TRACKING_URI if set, else the data root's own store (`sqlite_uri`)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = DataLayout.at(data_root).root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    layout = DataLayout.at(data_root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    return layout.mlflow_uri
 
 
 def client_for(data_root: str | os.PathLike[str] | None = None) -> MlflowClient:
@@ -76,7 +76,7 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
         return found.experiment_id
     location = None
     if not tracking_uri(data_root).startswith(("http://", "https://", "databricks")):
-        location = (DataLayout.at(data_root).root.resolve() / "mlartifacts" / name).as_uri()
+        location = (DataLayout.at(data_root).mlflow_artifacts.resolve() / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by another process
@@ -204,7 +204,11 @@ class MlflowCallback:
             return
         self._tag_trainer(trainer)
         now = mlflow.utils.time.get_current_time_millis()
-        batch = [Metric(k, float(v), now, trainer.step) for k, v in metrics.items()]
+        batch = [  # `health` is a list of warnings: the report shows it, not a curve
+            Metric(k, float(v), now, trainer.step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        ]
         self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:

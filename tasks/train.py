@@ -13,7 +13,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from prefect import task
@@ -28,9 +28,10 @@ from shards.dataset import resolve_version
 from shards.layout import DataLayout
 from shards.options import from_dict
 from shards.provenance import code_version
-from shards.reader import DatasetVersion, make_batches
+from shards.reader import make_batches
 from shards.retention import lease
 from shards.rundir import RunDir
+from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
 
 
@@ -92,7 +93,9 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             batches = make_batches(
                 version,
                 "train",
-                replace(job.loader, batch_size=job.train.batch_size),
+                job.loader,
+                batch_size=job.train.batch_size,
+                seed=job.train.seed,
                 rank=world.rank,
                 world_size=world.size,
                 device=accelerator.device,
@@ -120,7 +123,9 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             "run": run_dir.name,
             "run_dir": str(run_dir),
             "checkpoint": str(checkpoint),
-            "step": trainer.step,
+            "step": trainer.step,  # what the budget bought: steps, in `seconds` of training
+            "seconds": round(trainer.seconds, 1),
+            "health": trainer.health,  # each kind of warning the run raised -> first step
             "dataset": job.dataset,
         }
         if world.is_main:
@@ -131,9 +136,17 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
 
 
 def _with_saved_configs(job: TrainJob, saved: dict) -> TrainJob:
-    """`job` with the model, optimisation, loader and loop configs of a checkpoint."""
-    sections = ("train", "model", "loader", "loop")
-    return replace(job, **{k: from_dict(type(getattr(job, k)), saved[k]) for k in sections})
+    """`job` with the model, optimisation, loader and loop configs of a checkpoint.
+
+    Fields that older versions saved and this one no longer has (LoaderConfig's own
+    batch_size and seed, now the run's) are dropped: the run's values stand for them.
+    """
+    configs = {}
+    for section in ("train", "model", "loader", "loop"):
+        kind = type(getattr(job, section))
+        known = {f.name for f in fields(kind)}
+        configs[section] = from_dict(kind, {k: v for k, v in saved[section].items() if k in known})
+    return replace(job, **configs)
 
 
 def _checkpoint_path(run_dir: Path, job: TrainJob) -> Path:

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from gan.checkpoint import load_checkpoint
 from gan.sampling import generator_from_state
+from shards.layout import DataLayout
 from shards.provenance import code_version
 from tasks.registry import MODEL_NAME
 from tasks.track import (
@@ -58,7 +59,7 @@ def client(runs):
 
 def test_tracking_uri_is_the_data_roots_sqlite_store_unless_the_env_says(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(tmp_path / "d") == f"sqlite:///{(tmp_path / 'd').resolve()}/mlflow.db"
+    assert tracking_uri(tmp_path / "d") == DataLayout.at(tmp_path / "d").mlflow_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(tmp_path / "d") == "http://127.0.0.1:5000"
 
