@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.options import resolve, with_options
 from flows.prepare import prepare
+from flows.slots import accelerator_slot
 from shards.layout import DataLayout
 from shards.options import flat
 from tasks.evaluate import evaluate_task, summary_markdown
@@ -43,7 +44,8 @@ def train(preset: str = "auto", data_root: str | None = None, **options) -> dict
     if pipeline.prepare.source:
         prepared = prepare(data_root=root, **flat(pipeline.prepare))
         job = replace(job, dataset=prepared["version"])
-    trained = train_task(job)
+    with accelerator_slot(job.device):  # one training run per accelerator (flows/slots.py)
+        trained = train_task(job)
     checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
     renders = render_task(checkpoint, root, device=job.device)
     judge = pipeline.evaluation
