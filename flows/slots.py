@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_run_logger
 
 from gan.accelerators import DEVICES, resolve_accelerator
 
@@ -64,7 +65,16 @@ def accelerator_slot(device: str) -> Iterator[str]:
     """Hold this machine's training slot for `device` (waiting for it); yields the limit name."""
     name = limit_name(device)
     ensure_limit(name)
-    log.info("waiting for the training slot %s (one run per accelerator)", name)
+    logger = _run_logger()
+    logger.info("waiting for the training slot %s (one run per accelerator)", name)
     with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True):
-        log.info("got the training slot %s", name)
+        logger.info("got the training slot %s", name)
         yield name
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger (its lines show in the Prefect UI), else this module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log

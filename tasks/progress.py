@@ -25,6 +25,9 @@ from tasks.jobs import TrainJob
 
 TRAIN_KEY = "msls-train-progress"
 PREPARE_KEY = "msls-prepare-progress"
+# (start, end) of prepare steps on its bar (the source before, finalizing after them);
+# the shards take the most time.
+PREPARE_SHARES = {"catalog": (0.1, 0.3), "split": (0.3, 0.35), "shards": (0.35, 0.95)}
 MIN_INTERVAL = 5.0  # seconds between updates: an API call each, and the UI polls anyway
 
 log = logging.getLogger("msls.progress")

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from tasks.progress import TRAIN_KEY, PrefectProgress, TrainingProgress, last_step
+from tasks.progress import PREPARE_KEY, TRAIN_KEY, PrefectProgress, TrainingProgress, last_step
 from tasks.train import train_tracked
 from tests.tiny import build_dataset, tiny_job
 
@@ -82,3 +82,16 @@ def test_last_step_skips_a_line_being_written(tmp_path):
     assert last_step(stats) is None
     stats.write_text(json.dumps({"step": 20}) + "\n" + json.dumps({"step": 40}) + "\n" + '{"st')
     assert last_step(stats) == 40
+
+
+@pytest.mark.slow
+def test_preparation_fills_its_bar_on_the_prepare_flow_run(prefect_api, tmp_path):
+    from flows.prepare import prepare
+
+    small = {"synthetic_images": 160, "synthetic_cities": 3, "shard_size": 40}
+    state = prepare(data_root=str(tmp_path), return_state=True, **small)
+    assert state.is_completed()
+    flow_run_id = str(state.state_details.flow_run_id)
+    (bar,) = [a for a in artifacts(PREPARE_KEY) if str(a.flow_run_id) == flow_run_id]
+    assert bar.type == "progress" and bar.data == 100.0
+    assert "synthetic" in bar.description

@@ -14,6 +14,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from flows.services import REPO
 from flows.slots import ensure_limit, limit_name
+from gan.accelerators import resolve_accelerator
 from tasks.track import tracking_uri
 from tests.tiny import build_dataset
 
@@ -36,7 +37,7 @@ TINY = {
 def test_a_limit_per_machine_and_device_kind():
     assert limit_name("cuda", "GPU-Box.example.org") == "msls-train-gpu-box-example-org-cuda"
     assert limit_name("cpu", "a_b") == "msls-train-a-b-cpu"
-    assert limit_name("auto", "h") == "msls-train-h-cpu"  # no accelerator here
+    assert limit_name("auto", "h") == f"msls-train-h-{resolve_accelerator('auto').kind}"
 
 
 def test_ensure_limit_creates_limit_1_once_and_keeps_what_a_user_set(prefect_api):
