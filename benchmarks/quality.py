@@ -9,8 +9,9 @@ clock running from before any data is read:
 - the reference: the pytorch/examples recipe (`benchmarks.train`: ImageFolder on the
   full-size JPEGs, fp32, batch 128, Adam), for as long as the slowest of our arms of the
   same seed took in all, so it never gets less time.
-Each generator then draws the same latents, scored by SWD (`gan.metrics.swd`, x 1e3, lower
-is better) against the held-out val split, beside the real-vs-real floor (train vs val).
+Each generator then draws the same latents, scored as `msls evaluate` scores it
+(`swd_against_real`: SWD x 1e3, lower is better, against training-style windows of the
+held-out val strips, beside the train-vs-val window floor).
 The reference is scored with BatchNorm in eval mode and in train mode (as pytorch/examples
 draws its samples) and keeps its better score; ours is scored as `msls evaluate` scores it.
 
@@ -36,12 +37,12 @@ import torch
 from benchmarks.train import forever, imagefolder_loader, reference_step
 from gan.accelerators import resolve_accelerator
 from gan.checkpoint import load_checkpoint
-from gan.metrics import swd
+from gan.metrics.sliced_wasserstein import swd_against_real
 from gan.models import Generator, ModelConfig, build_models
 from gan.sampling import generate, generator_from_state
 from shards.parallel import cpu_count
 from shards.reader import DatasetVersion
-from tasks.evaluate import load_images
+from tasks.evaluate import load_strips
 from tasks.train import train_job, train_model
 
 REFERENCE_BATCH = 128
@@ -109,16 +110,16 @@ def _record(arm: str, batch: int, lr: float, seed: int, wall: float, steps: int,
     }
 
 
-def score(G: Generator, val: torch.Tensor, device: torch.device, seed: int) -> dict:
-    """SWD of as many of G's images as there are val images (latents from `seed`)."""
-    return swd(generate(G, len(val), seed, device), val, seed, device)
+def score(G: Generator, real: tuple, n: int, device: torch.device, seed: int) -> dict:
+    """SWD of n of G's images (latents from `seed`) against windows of (val, train) strips."""
+    return swd_against_real(generate(G, n, seed, device), *real, seed, device)
 
 
-def score_reference(G: Generator, val: torch.Tensor, device: torch.device, seed: int) -> dict:
+def score_reference(G: Generator, real: tuple, n: int, device: torch.device, seed: int) -> dict:
     """Both BatchNorm modes; the better one is the reference's score."""
     modes = {
-        "eval": score(G.eval(), val, device, seed),
-        "train": score(G.train(), val, device, seed),
+        "eval": score(G.eval(), real, n, device, seed),
+        "train": score(G.train(), real, n, device, seed),
     }
     best = min(modes, key=lambda mode: modes[mode]["mean"])
     return {**modes[best], "bn_mode": best, "mean_by_bn_mode": {m: modes[m]["mean"] for m in modes}}
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="128", help="ours, comma-separated")
     parser.add_argument("--lr-rule", choices=("none", "sqrt"), default="none")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per arm")
-    parser.add_argument("--images", type=int, default=2048, help="val images scored, at most")
+    parser.add_argument("--images", type=int, default=2048, help="images per SWD set")
     parser.add_argument("--workers", type=int, default=0, help="reference loader (0: cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality-cpu.json"))
     args = parser.parse_args()
@@ -155,22 +156,20 @@ def main() -> None:
     version = DatasetVersion(
         args.data / "data" / "datasets" / (args.data / "version").read_text().strip()
     )
-    val = load_images(version, "val", args.images, 0)[0]
-    train = load_images(version, "train", len(val), 0)[0]
-    n = min(args.images, len(val), len(train))  # SWD compares sets of one size
-    val, train = val[:n], train[:n]
+    real = tuple(load_strips(version, split, 10**9, 0)[0] for split in ("val", "train"))  # all
+    n = args.images  # windows drawn with replacement: a fixed count, whatever the splits hold
     arms = []
     for seed in range(args.seeds):
         ours = []
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             lr = learning_rate(batch, args.lr_rule)
             record, G = train_ours(args.data, args.device, args.seconds, batch, lr, seed)
-            ours.append({**record, "swd": score(G, val, device, 0)})
+            ours.append({**record, "swd": score(G, real, n, device, 0)})
         seconds = max(arm["seconds"] for arm in ours)
         record, G = train_reference(
             args.data / "imagefolder", args.device, seconds, args.workers or cpu_count(), seed
         )
-        arms += [*ours, {**record, "swd": score_reference(G, val, device, 0)}]
+        arms += [*ours, {**record, "swd": score_reference(G, real, n, device, 0)}]
     result = {
         "benchmark": "quality",
         "machine": {
@@ -181,8 +180,8 @@ def main() -> None:
         },
         "seconds_per_arm": args.seconds,
         "lr_rule": args.lr_rule,
-        "val_images": len(val),
-        "floor": swd(train, val, 0, device),
+        "images": n,
+        "floor": {k: v for k, v in arms[0]["swd"].items() if k.startswith("floor")},
         "arms": arms,
         **summarise(arms),
     }

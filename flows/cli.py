@@ -208,7 +208,8 @@ def sample(
     import math
 
     from gan.accelerators import resolve_accelerator
-    from gan.render import image_grid, save_image
+    from gan.images import image_grid
+    from gan.render import save_image
     from gan.sampling import generate, load_generator
 
     with _errors():
@@ -301,13 +302,15 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "auto",
 ) -> None:
     """Judge a checkpoint: evaluation.json and report.html beside it."""
-    from tasks.evaluate import evaluate_checkpoint, summary_markdown
+    from gan.metrics import EvalConfig
+    from tasks.evaluate import evaluate_checkpoint
+    from tasks.verdicts import summary_markdown
 
     layout: DataLayout = ctx.obj
     with _errors():
-        result = evaluate_checkpoint(
-            checkpoint, layout.root, dataset, inception_weights, samples, device=device
-        )
+        weights = str(inception_weights) if inception_weights else None
+        config = EvalConfig(samples=samples, inception_weights=weights)
+        result = evaluate_checkpoint(checkpoint, layout.root, dataset, config, device=device)
     console.print(summary_markdown(result), highlight=False)
     console.print(f"written: {checkpoint.parent / 'evaluation.json'}, report.html")
 

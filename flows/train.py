@@ -15,11 +15,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.prepare import prepare, prepare_configs
+from gan.metrics import EvalConfig
 from shards.split import DEFAULT_HOLDOUT_CITIES
-from tasks.evaluate import evaluate_task, summary_markdown
+from tasks.evaluate import evaluate_task
 from tasks.render import render_task
 from tasks.track import track_task
 from tasks.train import train_job, train_task
+from tasks.verdicts import summary_markdown
 
 
 @flow(name="msls-train")
@@ -98,7 +100,9 @@ def train(
     trained = train_task(job, sample_every)
     checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
     renders = render_task(checkpoint, root)
-    evaluation = evaluate_task(checkpoint, Path(root), None, inception_weights, eval_samples)
+    evaluation = evaluate_task(
+        checkpoint, Path(root), None, EvalConfig(eval_samples, inception_weights), device=device
+    )
     outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
     track_task(trained["mlflow_run_id"], outputs, None, root)
     create_markdown_artifact(

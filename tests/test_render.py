@@ -11,11 +11,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint
+from gan.images import centre_window, image_grid
 from gan.render import (
     LABEL_WIDTH,
     SampleGridCallback,
-    centre,
-    image_grid,
     interpolation_gif,
     nearest_neighbours,
     real_vs_fake_by_city,
@@ -107,7 +106,7 @@ def test_nearest_neighbours_finds_a_memorised_image(generator, version, tmp_path
     path = nearest_neighbours(generator, version, tmp_path / "nn.png", n=3)
     assert Image.open(path).size == grid_size(6, 2)
     strips, _ = load_split(version, "train", workers=1)
-    copies = centre(strips[[0, 5, 9]]).flip(-1)  # a mirrored window counts too
+    copies = centre_window(strips[[0, 5, 9]]).flip(-1)  # a mirrored window counts too
     path = nearest_neighbours(Memoriser(copies), version, tmp_path / "copies.png", n=3)
     pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
     for row in range(3):
