@@ -28,8 +28,11 @@ from torchvision import datasets, transforms
 from gan.accelerators import resolve_accelerator
 from gan.models import ModelConfig, build_models
 from gan.trainer import TrainConfig, Trainer
+from shards.cache import CachedBatches, load_split
+from shards.loader import LoaderConfig
 from shards.parallel import cpu_count
-from shards.reader import CachedBatches, DatasetVersion, LoaderConfig, StreamingBatches, load_split
+from shards.streaming import StreamingBatches
+from shards.version import DatasetVersion
 
 
 def setup(images: int, out: Path, val_fraction: float = 0.0) -> None:
@@ -142,7 +145,7 @@ def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "")
     tiles = max(1, (batch * 8) // images.shape[0] + 1)  # a big batch needs a bigger split
     images, cls = images.repeat(tiles, 1, 1, 1), cls.repeat(tiles)
     batches = CachedBatches(
-        images, cls, len(version.cities), LoaderConfig(batch_size=batch), generator_seed=0
+        images, cls, len(version.cities), LoaderConfig(), batch_size=batch, generator_seed=0
     )
     trainer = Trainer(TrainConfig(batch_size=batch, compile=compile), ModelConfig(), accelerator)
     for _ in range(3):  # warm-up
@@ -169,7 +172,7 @@ def loader_rates(data: Path, folder: Path, batches: int) -> dict:
     for name, make in {
         "imagefolder": lambda: forever(imagefolder_loader(folder, 64, 0)),
         "shards": lambda: StreamingBatches(
-            version, "train", LoaderConfig(batch_size=64, workers=1, cache="none"), in_process=True
+            version, "train", LoaderConfig(workers=1, cache="none"), batch_size=64, in_process=True
         ),
     }.items():
         iterator = make()

@@ -32,6 +32,7 @@ from gan.distributed import all_mean
 from gan.health import health_warnings
 from gan.trainer import METRICS, Trainer
 from shards.atomic import remove_torn_writes, write_text
+from shards.options import option
 
 log = logging.getLogger("msls.train")
 
@@ -55,12 +56,15 @@ class Budget:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    log_every: int = option(50, "Steps between logged metrics (and progress updates).")
+    checkpoint_every: int = option(
+        1000, "Steps between checkpoints (one is also written at the end)."
+    )
+    sample_every: int = option(100, "Steps between fixed-noise sample grids.")
 
     def __post_init__(self) -> None:
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("log_every and checkpoint_every must be >= 1")
+        if min(self.log_every, self.checkpoint_every, self.sample_every) < 1:
+            raise ValueError("log_every, checkpoint_every and sample_every must be >= 1")
 
 
 class Callback(Protocol):

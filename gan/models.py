@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from shards.geometry import RESOLUTIONS
 from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
-RESOLUTIONS = (64, 128)
 FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 
@@ -37,25 +37,19 @@ FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the 
 class ModelConfig:
     """The architecture; saved with every checkpoint and re-applied on load."""
 
-    resolution: int = option(64, "image side in pixels, 64 or 128 (set from the dataset)")
-    nz: int = option(100, "latent size")
-    ngf: int = option(64, "generator width: channels of its last hidden stage")
-    ndf: int = option(64, "discriminator width: channels of its first stage")
+    resolution: int = 64  # 64 or 128 px, square: the dataset's, never set by hand
+    nz: int = option(100, "Latent size.")
+    ngf: int = option(64, "G width: channels of its last hidden stage (the paper's 64).")
+    ndf: int = option(64, "D width: channels of its first stage (the paper's 64).")
     generator: str = option(
-        "transposed",
-        "G's upsampling: transposed (the paper's) or upsample (nearest x2 + 3x3 conv: "
-        "no checkerboard)",
-        choices=GENERATORS,
-    )
-    d_norm: str = option(
-        "batch",
-        "D's normalisation: batch, layer (for WGAN-GP's per-sample penalty) or none",
-        choices=D_NORMS,
-    )
+        "transposed", "G's upsampling: stride-2 transposed convs (the paper's), or nearest "
+        "x2 + 3x3 conv (no checkerboard).", choices=GENERATORS)  # fmt: skip
+    d_norm: str = option("batch", "D's normalisation (WGAN-GP's per-sample penalty needs "
+                         "layer or none).", choices=D_NORMS)  # fmt: skip
     spectral_norm: bool = option(
         False,
-        "spectral normalisation of every D weight (Miyato et al. 2018): a 1-Lipschitz D "
-        "that cannot run away from G; usually with d_norm none and the hinge loss",
+        "Spectral normalisation of every D weight (Miyato et al. 2018): a 1-Lipschitz D "
+        "that cannot run away from G; usually with d_norm none and the hinge loss.",
     )
 
     def __post_init__(self) -> None:

@@ -26,7 +26,10 @@ from gan.augment import to_uint8
 from gan.models import Generator
 from gan.sampling import generate, latents, slerp
 from shards.atomic import atomic_path
-from shards.reader import DatasetVersion, decode_jpegs, read_shard
+from shards.decode import decode_jpegs
+from shards.geometry import centre_window
+from shards.tar import read_shard
+from shards.version import DatasetVersion
 
 PADDING = 2  # pixels between grid cells
 FEATURE_SIDE = 16  # the nearest-neighbour feature space: 16 x 16 x 3 pixels
@@ -158,13 +161,6 @@ def interpolation_gif(
     return save_gif(interpolation_frames(G, n_points, frames, seed, size), path)
 
 
-def centre(strips: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,R,W] strips -> their centre R x R windows, uint8 [N,3,R,R]."""
-    side, width = strips.shape[-2], strips.shape[-1]
-    left = (width - side) // 2
-    return strips[..., left : left + side]
-
-
 def features(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N,3,H,W] -> float [N, 768]: 16 x 16 area-downsampled pixels in [0, 1]."""
     small = F.adaptive_avg_pool2d(images.float().div(255.0), FEATURE_SIDE)
@@ -202,7 +198,7 @@ def real_vs_fake_by_city(
     parts = list(split_strips(version, "val", per_city=reference_per_city))
     if not parts:
         raise ValueError(f"{version.path}: the val split is empty; nothing to compare with")
-    real = centre(torch.cat([strips for strips, _ in parts]))
+    real = centre_window(torch.cat([strips for strips, _ in parts]))
     cls = torch.cat([labels for _, labels in parts])
     n_cities = len(version.cities)
     pool = generate(G, min(per_city * n_cities * 4, 4096), seed=seed, device=_device(G))

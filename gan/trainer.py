@@ -12,6 +12,7 @@ step to starve the accelerator.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,8 +21,9 @@ from gan.accelerators import Accelerator
 from gan.augment import AdaptiveStrength, diff_augment, parse_policy, random_window
 from gan.distributed import World, all_mean, average_gradients, broadcast_module
 from gan.ema import EMA
+from gan.graphed import GraphedStep, graph_plan
 from gan.health import diversity
-from gan.losses import gradient_penalty, make_loss, r1_penalty
+from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
 
@@ -37,50 +39,53 @@ METRICS = (
     "ada_p",  # the augmentation probability (1 for plain DiffAugment, 0 with none)
     "real_diversity",  # mean per-pixel std across the real batch: `diversity`'s yardstick
 )
-LOSS_CHOICES = ("bce", "hinge", "wgan-gp")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (DCGAN defaults). A step is one generator update."""
 
-    batch_size: int = option(128, "images per D step, per process")
-    lr_g: float = option(2e-4, "G's Adam learning rate (TTUR: may differ from lr_d)")
-    lr_d: float = option(2e-4, "D's Adam learning rate (TTUR, Heusel et al. 2017)")
-    beta1: float = option(0.5, "Adam beta1 of both optimisers")
-    beta2: float = option(0.999, "Adam beta2 of both optimisers")
-    loss: str = option(
-        "bce", "GAN objective: bce (non-saturating), hinge or wgan-gp", choices=LOSS_CHOICES
-    )
-    label_smoothing: float = option(
-        0.0, "one-sided label smoothing: D's real target is 1 - s (bce only; 0.1 helps on CPU)"
-    )
-    d_steps: int = option(1, "D updates per G update")
-    gp_weight: float = option(10.0, "WGAN-GP gradient penalty weight (wgan-gp only)")
+    batch_size: int = option(128, "Images per D step, per process.")
+    lr_g: float = option(2e-4, "Adam learning rate of G (TTUR: may differ from lr_d).")
+    lr_d: float = option(2e-4, "Adam learning rate of D (TTUR, Heusel et al. 2017).")
+    beta1: float = option(0.5, "Adam beta1 of both optimisers (the DCGAN paper's 0.5).")
+    beta2: float = option(0.999, "Adam beta2 of both optimisers.")
+    loss: str = option("bce", "GAN objective; bce is non-saturating.", choices=tuple(LOSSES))
+    label_smoothing: float = option(0.0, "One-sided: D's real target is 1 - s (bce only).")
+    d_steps: int = option(0, "D updates per G update; 0 = 5 for wgan-gp, else 1.")
+    gp_weight: float = option(10.0, "WGAN-GP penalty weight (wgan-gp only).")
     r1_gamma: float = option(
-        0.0, "R1 penalty weight on D's gradient at real images (Mescheder et al. 2018); 0: off"
+        0.0, "R1 penalty weight on D's gradient at real images (Mescheder et al. 2018); 0: off."
     )
-    r1_every: int = option(16, "lazy R1: apply it every k D steps, weighted by k (StyleGAN2)")
+    r1_every: int = option(16, "Lazy R1: apply it every k D steps, weighted by k (StyleGAN2).")
     diffaugment: str = option(
         "",
         "DiffAugment policy (Zhao et al. 2020): comma-separated subset of "
-        "color,translation,cutout, applied to real and fake before every D call; '' off",
+        "color,translation,cutout, applied to real and fake before every D call; empty: off.",
     )
     ada_target: float = option(
         0.0,
         "ADA (Karras et al. 2020): target of r_t = E[sign(D(real))] that drives the "
-        "probability of each diffaugment transform; 0: always applied",
+        "probability of each DiffAugment transform; 0: always applied.",
     )
-    ada_kimg: float = option(10.0, "ADA speed: thousands of real images for p to go 0 -> 1")
-    ema_beta: float = option(0.999, "decay of G's exponential moving average")
+    ada_kimg: float = option(10.0, "ADA speed: thousands of real images for p to go 0 -> 1.")
+    ema_beta: float = option(0.999, "Final decay of G's EMA (it warms up from 0.1).")
     ema_bn_batches: int = option(
-        4, "no-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's"
+        4, "No-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's."
     )
-    flip: bool = option(True, "random horizontal flips of the real windows")
-    seed: int = option(0, "training seed (weights, noise, augmentation)")
-    compile: str = option("", "a torch.compile backend (inductor); '' runs eagerly")
+    flip: bool = option(True, "Random horizontal flips of the real windows.")
+    seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
+    cuda_graph: bool = option(
+        True,
+        "On CUDA, capture the whole step in one CUDA graph (one process; not with R1, "
+        "WGAN-GP or compile); eager after one warning where capture fails.",
+    )
+    compile: str = option("", "torch.compile backend for G and D, e.g. inductor; empty: eager. "
+                          "A backend that fails falls back to eager with a warning.")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.d_steps == 0:  # the critic steps follow the objective (WGAN-GP: 5)
+            object.__setattr__(self, "d_steps", 5 if self.loss == "wgan-gp" else 1)
         rules = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr_g > 0 and self.lr_d > 0, "learning rates lr_g and lr_d must be > 0"),
@@ -128,15 +133,18 @@ class Trainer:
         # What the steps call: compiled modules sharing G's and D's parameters, or G and D.
         self.g_forward, self.d_forward = _compiled(self.G, self.D, config.compile, accelerator)
         self.memory_format = memory_format
-        betas = (config.beta1, config.beta2)
-        self.opt_g = accelerator.optimizer(self.G.parameters(), config.lr_g, betas)
-        self.opt_d = accelerator.optimizer(self.D.parameters(), config.lr_d, betas)
-        self.ema = EMA(self.G, beta=config.ema_beta)
         self.loss = make_loss(config.loss, config.label_smoothing)
+        graph = graph_plan(config, accelerator, world, self.loss.needs_gp)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = accelerator.optimizer(self.G.parameters(), config.lr_g, betas, graph)
+        self.opt_d = accelerator.optimizer(self.D.parameters(), config.lr_d, betas, graph)
+        self.ema = EMA(self.G, beta=config.ema_beta)
+        self.ema_decay = torch.zeros((), device=accelerator.device)  # filled before each step
         self.policy = parse_policy(config.diffaugment)
         self.ada = AdaptiveStrength(config.ada_target, config.ada_kimg, accelerator.device)
         self.rng = torch.Generator(device=accelerator.device)
         self.rng.manual_seed(config.seed * 7919 + world.rank)  # distinct noise per rank
+        self.graphed = GraphedStep(self._step, self._step_state, [self.rng]) if graph else None
         self.step = 0
         self.seconds = 0.0  # training time of all steps so far (the loop's clock)
         self.health: dict[str, int] = {}  # each kind of health warning -> step first seen
@@ -157,15 +165,25 @@ class Trainer:
         return images.contiguous(memory_format=self.memory_format)
 
     def train_step(self, strips: list[torch.Tensor]) -> torch.Tensor:
-        """One G update after `d_steps` D updates; returns METRICS as a device tensor."""
+        """One G update after `d_steps` D updates; returns METRICS as a device tensor.
+
+        The step itself (`_step`) runs from a CUDA graph where one was captured, else
+        eagerly; what changes per step from the host (the EMA decay) is set here first.
+        """
+        self.ema_decay.fill_(self.ema.decay(self.step))
+        metrics = self.graphed(strips) if self.graphed is not None else self._step(strips)
+        self.step += 1
+        return metrics
+
+    def _step(self, strips: list[torch.Tensor]) -> torch.Tensor:
+        """The step's device work: no host syncs, randomness from `self.rng` only."""
         for i, real_strips in enumerate(strips):
             real = self.real_batch(real_strips)
             fake = self._generate(real.shape[0])
             r1_due = (self.step * len(strips) + i) % self.config.r1_every == 0
             loss_d, real_logits, fake_logits = self._update_d(real, fake, r1_due)
         loss_g = self._update_g(fake)
-        self.ema.update(self.G, self.step)
-        self.step += 1
+        self.ema.update(self.G, self.ema_decay)
         values = [
             loss_d,
             loss_g,
@@ -271,7 +289,17 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.seconds = state.get("seconds", 0.0)
         if "ada_p" in state:  # checkpoints from before ADA have none: p starts afresh
-            self.ada.p = state["ada_p"].to(self.acc.device)
+            self.ada.p.copy_(state["ada_p"])  # in place: a captured graph reads this tensor
+
+    def _step_state(self) -> Iterator[torch.Tensor]:
+        """Every tensor a step changes: weights, buffers, optimizer state, ADA's p."""
+        for module in (self.G, self.D, self.ema.model):
+            yield from module.parameters()
+            yield from module.buffers()
+        for optimizer in (self.opt_g, self.opt_d):
+            for state in optimizer.state.values():
+                yield from (v for v in state.values() if torch.is_tensor(v))
+        yield self.ada.p
 
 
 def _compiled(

@@ -29,10 +29,13 @@ from gan.metrics import EvalInputs, check_inception_weights, compute_metric, met
 from gan.models import Discriminator, weights_init
 from gan.sampling import discriminator_from_state, generate, generator_from_state
 from shards.atomic import write_text
+from shards.cache import load_split
 from shards.dataset import resolve_version
 from shards.errors import DatasetError
+from shards.geometry import centre_window
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion, load_split, read_shard
+from shards.tar import read_shard
+from shards.version import DatasetVersion
 
 SCHEMA = 1
 VAL_MIN_IMAGES = 4096  # val images loaded at least (probe, SWD reference), if the split has them
@@ -142,9 +145,7 @@ def load_images(
         raise DatasetError(f"{version.path}: the {split} split is empty; nothing to evaluate on")
     stride = max(1, min(len(shards), total // max(wanted, 1)))
     strips, labels = load_split(version, split, world_size=stride, workers=workers)
-    side = version.resolution
-    left = (strips.shape[-1] - side) // 2  # the evaluation image is the strip's centre window
-    images = strips[..., left : left + side].contiguous()
+    images = centre_window(strips).contiguous()  # the evaluation image
     return images, labels, _sequence_ids(version, shards[::stride], len(images))
 
 

@@ -14,15 +14,16 @@ from gan.checkpoint import load_checkpoint
 from gan.render import (
     LABEL_WIDTH,
     SampleGridCallback,
-    centre,
     image_grid,
     interpolation_gif,
     nearest_neighbours,
     real_vs_fake_by_city,
 )
 from gan.sampling import load_generator
+from shards.cache import load_split
+from shards.geometry import centre_window
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion, load_split
+from shards.version import DatasetVersion
 from tasks.render import render_run
 from tasks.train import train_model
 from tests.tiny import build_dataset, tiny_job
@@ -107,7 +108,7 @@ def test_nearest_neighbours_finds_a_memorised_image(generator, version, tmp_path
     path = nearest_neighbours(generator, version, tmp_path / "nn.png", n=3)
     assert Image.open(path).size == grid_size(6, 2)
     strips, _ = load_split(version, "train", workers=1)
-    copies = centre(strips[[0, 5, 9]]).flip(-1)  # a mirrored window counts too
+    copies = centre_window(strips[[0, 5, 9]]).flip(-1)  # a mirrored window counts too
     path = nearest_neighbours(Memoriser(copies), version, tmp_path / "copies.png", n=3)
     pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
     for row in range(3):
