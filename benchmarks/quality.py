@@ -165,6 +165,14 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
+def _finished(records: Path) -> dict[tuple[str, int], dict]:
+    """(arm, seed) -> record of the runs a records file already holds."""
+    if not records.is_file():
+        return {}
+    lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    return {(line["arm"], line["seed"]): line for line in lines}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("build/quality"))
@@ -175,6 +183,13 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (1: see THREADS_NOTE)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality-cpu.json"))
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="JSONL of finished runs (default: <data>/sweep-<seconds>s.jsonl): each run is "
+        "appended as it ends, and runs already there are not repeated, so an interrupted "
+        "sweep picks up where it stopped",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
@@ -186,9 +201,14 @@ def main() -> None:
     val = load_images(version, "val", 10**6, 0)[0]
     train = load_images(version, "train", 10**6, 0)[0][: len(val)]
     floor = swd(train, val, 0)["mean"]
+    records = args.records or args.data / f"sweep-{args.seconds:g}s.jsonl"
+    done = _finished(records)
     runs = []
     for seed in range(args.seeds):  # seed-major: machine load hits every arm alike
         for arm in arms:
+            if (arm, seed) in done:
+                runs.append(done[arm, seed])
+                continue
             if arm == RECIPE:
                 record, G = train_recipe(args.data / "imagefolder", args.seconds, seed)
             else:
@@ -196,6 +216,8 @@ def main() -> None:
             record.update(score(G, val, floor, arm == RECIPE))
             save_grid(G, root / "runs" / f"sweep-{arm}-s{seed}" / "grid.png")
             runs.append(record)
+            with open(records, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
     result = {
         "benchmark": "quality-sweep",
