@@ -151,7 +151,9 @@ def save_grid(G: Generator, path: Path) -> None:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Per arm: mean and spread (stdev) over seeds of the ratio to the floor, steps."""
+    """Per arm: mean, spread (stdev) and range over seeds of the ratio to the floor, and
+    steps; the best arm, and whether it beats the recipe beyond the seeds' spread (its
+    worst seed better than the recipe's best)."""
     table = {}
     for arm in dict.fromkeys(run["arm"] for run in runs):
         ratios = [run["ratio"] for run in runs if run["arm"] == arm]
@@ -159,10 +161,18 @@ def summarise(runs: list[dict]) -> dict:
         table[arm] = {
             "ratio_mean": round(statistics.fmean(ratios), 2),
             "ratio_stdev": round(statistics.stdev(ratios), 2) if len(ratios) > 1 else None,
+            "ratio_range": [min(ratios), max(ratios)],
             "steps_mean": round(statistics.fmean(steps)),
             "seeds": len(ratios),
         }
-    return table
+    ours = [arm for arm in table if arm != RECIPE]
+    best = min(ours, key=lambda arm: table[arm]["ratio_mean"]) if ours else None
+    summary: dict = {"arms": table, "best": best}
+    if best and RECIPE in table:
+        summary["best_beats_recipe_beyond_spread"] = (
+            table[best]["ratio_range"][1] < table[RECIPE]["ratio_range"][0]
+        )
+    return summary
 
 
 def _finished(records: Path) -> dict[tuple[str, int], dict]:
@@ -235,7 +245,7 @@ def main() -> None:
         "val_images": len(val),
         "floor_swd": round(floor, 2),
         "protocol": "EMA G, len(val) images, SWD vs val centre windows / train-vs-val floor",
-        "arms": summarise(runs),
+        **summarise(runs),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
