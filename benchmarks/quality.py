@@ -175,6 +175,22 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of a sweep: one row per arm, best first."""
+    rows = sorted(result["arms"].items(), key=lambda item: item[1]["ratio_mean"])
+    lines = [
+        f"| arm ({result['seconds_per_run']:g} s each) | SWD / floor, mean ± sd | range | steps |",
+        "|---|---|---|---|",
+    ]
+    for arm, row in rows:
+        low, high = row["ratio_range"]
+        spread = f" ± {row['ratio_stdev']}" if row["ratio_stdev"] is not None else ""
+        lines.append(
+            f"| {arm} | {row['ratio_mean']}{spread} | {low}-{high} | {row['steps_mean']} |"
+        )
+    return "\n".join(lines)
+
+
 def _finished(records: Path) -> dict[tuple[str, int], dict]:
     """(arm, seed) -> record of the runs a records file already holds."""
     if not records.is_file():
@@ -250,7 +266,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["arms"], indent=2))
+    print(markdown_table(result))
 
 
 if __name__ == "__main__":
