@@ -39,7 +39,11 @@ class EMA:
         0-d device tensor may hold it (a CUDA graph reads it at each replay)."""
         averaged = list(self.model.parameters())
         current = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)  # one fused op for all
+        if isinstance(decay, torch.Tensor):  # tensor ops only: a float() would sync the host
+            torch._foreach_mul_(averaged, decay)
+            torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - decay))
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)  # one fused op for all
         for own, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             own.copy_(theirs)
 
