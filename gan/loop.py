@@ -187,7 +187,7 @@ def _stats_step(line: str) -> float:
 
 
 def _log_metrics(run_dir: Path, trainer: Trainer, metrics: dict, callbacks) -> None:
-    metrics["health"] = health_warnings(metrics, trainer.loss)
+    metrics["health"] = health_warnings(metrics, trainer.loss, trainer.step)
     for warning in metrics["health"]:
         kind = warning.split(" (")[0]
         if kind not in trainer.health:  # once per kind in the log; every line in stats
