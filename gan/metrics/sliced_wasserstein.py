@@ -138,22 +138,25 @@ def sliced_wasserstein(
     chunk_size = max(1, min(directions.shape[2], _PROJECTION_BUDGET // max(n, 1)))
     for repeat, dirs in enumerate(directions.to(reference.device)):
         for chunk in dirs.split(chunk_size, dim=1):
-            sorted_reference = _sorted_columns(reference @ chunk)
+            sorted_reference = _sorted_projections(reference, chunk)
             for i, other in enumerate(others):
-                gap = _sorted_columns(other @ chunk) - sorted_reference
-                totals[i][repeat] += float(gap.abs().sum(dtype=torch.float64))
+                gap = _sorted_projections(other, chunk).sub_(sorted_reference)
+                totals[i][repeat] += float(gap.abs_().sum(dtype=torch.float64))
     per_repeat = n * directions.shape[2]
     return [sum(t / per_repeat for t in total) / len(total) for total in totals]
 
 
-def _sorted_columns(x: torch.Tensor) -> torch.Tensor:
-    """float [N, k] -> [k, N]: each column sorted, as a row.
+def _sorted_projections(descriptors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """float [N, D] descriptors and [D, k] directions -> float [k, N]: each direction's
+    projections, sorted. Computed as [k, N] directly, so no transpose is copied.
 
-    numpy sorts ~20x faster than torch on the CPU (torch 2.14, 2 cores).
+    numpy sorts ~20x faster than torch on the CPU (torch 2.14, 2 cores), in place.
     """
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.sort(x.T.contiguous().numpy(), axis=1))
-    return torch.sort(x.T, dim=1).values
+    projections = directions.T @ descriptors.T
+    if projections.device.type == "cpu":
+        projections.numpy().sort(axis=1)
+        return projections
+    return torch.sort(projections, dim=1).values
 
 
 def swd(
