@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.atomic import write_text
-from shards.layout import DataLayout
+from shards.layout import DataLayout, sqlite_uri
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "msls-local"
@@ -58,7 +58,10 @@ class Services:
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_EXTRA_LOGGERS": "msls",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": sqlite_uri(
+                root / "prefect" / "prefect.db", "sqlite+aiosqlite"
+            ),  # Prefect builds it from PREFECT_HOME unescaped
+            "MLFLOW_TRACKING_URI": self.layout.mlflow_uri,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MSLS_DATA": str(root),
@@ -127,7 +130,6 @@ class Services:
     def start_mlflow(self) -> None:
         if _healthy(f"{self.mlflow_url}/health"):
             return
-        root = self.layout.root.resolve()
         self._spawn(
             "mlflow-server",
             [
@@ -140,9 +142,9 @@ class Services:
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{root / 'mlflow.db'}",
+                self.layout.mlflow_uri,
                 "--artifacts-destination",
-                str(root / "mlartifacts"),
+                self.layout.mlflow_artifacts.resolve().as_uri(),
             ],
         )
         _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"))

@@ -22,13 +22,6 @@ PADDING = 2  # pixels between grid cells
 FEATURE_SIDE = 16  # the comparison feature space: 16 x 16 x 3 pixels
 
 
-def centre_window(strips: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,R,W] strips -> their centre R x R windows, uint8 [N,3,R,R] (a view)."""
-    side, width = strips.shape[-2], strips.shape[-1]
-    left = (width - side) // 2
-    return strips[..., left : left + side]
-
-
 def strip_windows(strips: torch.Tensor) -> torch.Tensor:
     """The windows G may have learned from a strip: left, centre, right, each also mirrored.
 

@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw
 from gan.augment import to_uint8
 from gan.images import (
     PADDING,
-    centre_window,
     image_grid,
     nearest,
     pixel_features,
@@ -31,7 +30,10 @@ from gan.images import (
 from gan.models import Generator
 from gan.sampling import generate, latents, slerp
 from shards.atomic import atomic_path
-from shards.reader import DatasetVersion, decode_jpegs, read_shard
+from shards.decode import decode_jpegs
+from shards.geometry import centre_window
+from shards.tar import read_shard
+from shards.version import DatasetVersion
 
 LABEL_WIDTH = 72  # pixels of city name left of each row
 

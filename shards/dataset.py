@@ -26,13 +26,13 @@ from shards.atomic import atomic_path, remove_torn_writes, write_text
 from shards.catalog import Catalog
 from shards.errors import DatasetError
 from shards.imaging import ShardConfig
+from shards.info import DATASET_FORMAT, INFO_FILE, DatasetInfo, ShardEntry
 from shards.layout import DataLayout
 from shards.split import Sequence, SplitConfig, assign_splits
 from shards.writer import SAMPLE_FIELDS, ShardJob, load_results
 
 log = logging.getLogger("msls.dataset")
 
-DATASET_FORMAT = 1
 PLAN_COLUMNS = (
     "key",
     "archive",
@@ -76,7 +76,7 @@ def plan_dataset(
     sequences = _sequences(rows)
     assignment = assign_splits(sequences, split, previous)
     version = _version_id(catalog.hash, split, shard, assignment)
-    if (layout.dataset(version) / "dataset.json").exists():
+    if (layout.dataset(version) / INFO_FILE).exists():
         return DatasetPlan(version, layout.dataset(version), (), complete=True)
     staging = layout.staging(version)
     cities = sorted({r["city"] for r in rows})
@@ -138,10 +138,10 @@ def previous_assignment(layout: DataLayout, split: SplitConfig) -> dict[str, str
     Carrying them forward is what keeps a sequence in its split when data is added.
     """
     candidates = []
-    for info_path in layout.datasets.glob("*/dataset.json"):
-        info = json.loads(info_path.read_text())
-        if info["params"]["split"] == split.as_dict():
-            candidates.append((info["created"], info_path.parent))
+    for info_path in layout.datasets.glob(f"*/{INFO_FILE}"):
+        info = DatasetInfo.load(info_path)
+        if info.split_params == split.as_dict():
+            candidates.append((info.created, info_path.parent))
     if not candidates:
         return None
     manifest = pq.read_table(
@@ -165,8 +165,7 @@ def finalize_dataset(
         manifest = _manifest(plan.staging, results)
         with atomic_path(plan.staging / "manifest.parquet") as tmp:
             pq.write_table(manifest, tmp)
-        info = _dataset_info(plan, manifest, results, catalog, code_version)
-        write_text(plan.staging / "dataset.json", json.dumps(info, indent=2, sort_keys=True))
+        _dataset_info(plan, manifest, results, catalog, code_version).save(plan.staging)
         shutil.rmtree(plan.staging / ".results", ignore_errors=True)
         (plan.staging / "plan.parquet").unlink()
         os.replace(plan.staging, final)
@@ -188,7 +187,7 @@ def _manifest(staging: Path, results: list[dict]) -> pa.Table:
 
 def _dataset_info(
     plan: DatasetPlan, manifest: pa.Table, results: list[dict], catalog: Catalog, code_version: str
-) -> dict:
+) -> DatasetInfo:
     staged = json.loads((plan.staging / "plan.json").read_text())
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for (split, city), n in Counter(
@@ -200,23 +199,22 @@ def _dataset_info(
     if failures:
         dropped["decode_failed"] = len(failures)
     shard_sizes = Counter(manifest.column("shard").to_pylist())
-    return {
-        "format": DATASET_FORMAT,
-        "version": plan.version,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version,
-        "catalog": {"hash": catalog.hash, "file": catalog.path.name, "counts": catalog.counts},
-        "params": {"split": staged["split"], "shard": staged["shard"]},
-        "cities": staged["cities"],
-        "counts": dict(counts),
-        "totals": {split: sum(c.values()) for split, c in counts.items()},
-        "dropped": dropped,
-        "decode_failures": failures[:100],
-        "shards": [
-            {"path": r["shard"], "samples": shard_sizes[r["shard"]], "bytes": r["bytes"]}
+    return DatasetInfo(
+        version=plan.version,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        code_version=code_version,
+        catalog={"hash": catalog.hash, "file": catalog.path.name, "counts": catalog.counts},
+        params={"split": staged["split"], "shard": staged["shard"]},
+        cities=staged["cities"],
+        counts=dict(counts),
+        totals={split: sum(c.values()) for split, c in counts.items()},
+        dropped=dropped,
+        decode_failures=failures[:100],
+        shards=[
+            ShardEntry(r["shard"], shard_sizes[r["shard"]], r["bytes"])
             for r in sorted(results, key=lambda r: r["shard"])
         ],
-    }
+    )
 
 
 def resolve_version(layout: DataLayout, version: str = "latest") -> str:
@@ -225,15 +223,13 @@ def resolve_version(layout: DataLayout, version: str = "latest") -> str:
         if not layout.latest_pointer.exists():
             raise DatasetError(f"{layout.latest_pointer}: no dataset yet; run `msls prepare` first")
         version = layout.latest_pointer.read_text().strip()
-    if not (layout.dataset(version) / "dataset.json").exists():
+    if not (layout.dataset(version) / INFO_FILE).exists():
         raise DatasetError(
             f"{layout.dataset(version)}: no such dataset version; `msls prepare` builds one"
         )
     return version
 
 
-def load_info(layout: DataLayout, version: str = "latest") -> dict:
+def load_info(layout: DataLayout, version: str = "latest") -> DatasetInfo:
     """dataset.json of a version (\"latest\" follows the pointer)."""
-    return json.loads(
-        (layout.dataset(resolve_version(layout, version)) / "dataset.json").read_text()
-    )
+    return DatasetInfo.load(layout.dataset(resolve_version(layout, version)))

@@ -18,19 +18,20 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-RESOLUTIONS = (64, 128)
+from shards.geometry import RESOLUTIONS, strip_box, strip_size
+from shards.options import option
 
 
 @dataclass(frozen=True)
 class ShardConfig:
     """How samples are cut and packed. Part of the dataset version id."""
 
-    resolution: int = 64  # train image side, pixels
+    resolution: int = option(64, "Training resolution, pixels (64 or 128).")
     strip_aspect: int = 2  # stored width = strip_aspect * resolution
     crop_fraction: float = 0.55  # crop side / photo height (original: 256 of 480 = 0.53)
     jpeg_quality: int = 95
-    shard_size: int = 5000  # samples per tar (~40 MB at 64 px)
-    include_panos: bool = False
+    shard_size: int = option(5000, "Samples per shard tar (~40 MB at 64 px).")
+    include_panos: bool = option(False, "Keep panoramas (dropped by default).")
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -47,18 +48,14 @@ class ShardConfig:
     @property
     def strip_size(self) -> tuple[int, int]:
         """(width, height) of a stored sample."""
-        return self.strip_aspect * self.resolution, self.resolution
+        return strip_size(self.resolution, self.strip_aspect)
+
+    def strip_box(self, width: float, height: float) -> tuple[float, float, float, float]:
+        """The centred crop (left, top, right, bottom) in source pixels that becomes the strip."""
+        return strip_box(width, height, self.crop_fraction, self.strip_aspect)
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def strip_box(width: int, height: int, config: ShardConfig) -> tuple[float, float, float, float]:
-    """The centred crop (left, top, right, bottom) in source pixels that becomes the strip."""
-    side = min(config.crop_fraction * height, width / config.strip_aspect)
-    strip_w = side * config.strip_aspect
-    left, top = (width - strip_w) / 2, (height - side) / 2
-    return left, top, left + strip_w, top + side
 
 
 def make_strip(data: bytes, config: ShardConfig) -> bytes:
@@ -73,7 +70,7 @@ def make_strip(data: bytes, config: ShardConfig) -> bytes:
     """
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        left, top, right, bottom = strip_box(width, height, config)
+        left, top, right, bottom = config.strip_box(width, height)
         zoom = config.resolution / (bottom - top)
         pixels = simplejpeg.decode_jpeg(
             data, colorspace="RGB", fastdct=True, fastupsample=True,
@@ -82,7 +79,7 @@ def make_strip(data: bytes, config: ShardConfig) -> bytes:
         image = Image.fromarray(pixels)
     except ValueError:
         image, (width, height) = _pil_decode(data, config)
-        left, top, right, bottom = strip_box(width, height, config)
+        left, top, right, bottom = config.strip_box(width, height)
     scale = image.size[0] / width
     box = (left * scale, top * scale, right * scale, bottom * scale)
     strip = image.resize(config.strip_size, Image.Resampling.BICUBIC, box=box)
@@ -95,7 +92,7 @@ def _pil_decode(data: bytes, config: ShardConfig) -> tuple[Image.Image, tuple[in
     """PIL's reduced-scale decode (`draft`) for what libjpeg-turbo's fast path refuses."""
     image = Image.open(io.BytesIO(data))
     width, height = image.size
-    _, top, _, bottom = strip_box(width, height, config)
+    _, top, _, bottom = config.strip_box(width, height)
     zoom = config.resolution / (bottom - top)
     image.draft("RGB", (math.ceil(width * zoom), math.ceil(height * zoom)))
     return image.convert("RGB"), (width, height)

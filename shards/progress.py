@@ -6,9 +6,10 @@ through the `msls` logger, which the flows ask Prefect to capture.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,3 +28,26 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
         yield item
         if done % step == 0 or done == total:
             log.info("%s: %d/%d", description, done, total)
+
+
+@contextlib.contextmanager
+def track_bytes(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A callable `advance(n_bytes)` reporting progress towards `total` bytes."""
+    if sys.stderr.isatty():
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+        return
+    done, tenth = 0, 1
+
+    def advance(n: int) -> None:
+        nonlocal done, tenth
+        done += n
+        if total and done * 10 >= tenth * total:
+            tenth = done * 10 // total + 1
+            log.info("%s: %d%% of %.1f MB", description, 100 * done // total, total / 1e6)
+
+    yield advance

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
+from shards.info import DatasetInfo
 from shards.parallel import parallel_map
 
 SAMPLE_EXTENSIONS = {"jpg", "json", "cls"}
@@ -33,37 +34,33 @@ class VerifyReport:
 
 def verify_dataset(dataset_dir: Path, workers: int = 0) -> VerifyReport:
     """Check a dataset version directory end to end (decodes every image)."""
-    info = json.loads((dataset_dir / "dataset.json").read_text())
-    report = VerifyReport(info["version"])
+    info = DatasetInfo.load(dataset_dir)
+    report = VerifyReport(info.version)
     manifest = pq.read_table(
         dataset_dir / "manifest.parquet", columns=["key", "shard", "split", "city"]
     )
     expected: dict[str, set[str]] = {}
     for key, shard in zip(manifest.column("key").to_pylist(), manifest.column("shard").to_pylist()):
         expected.setdefault(shard, set()).add(key)
-    size = (
-        info["params"]["shard"]["strip_aspect"] * info["params"]["shard"]["resolution"],
-        info["params"]["shard"]["resolution"],
-    )
-    jobs = [(str(dataset_dir / s["path"]), size) for s in info["shards"]]
+    jobs = [(str(dataset_dir / s.path), info.strip_size) for s in info.shards]
     for shard_info, (keys, problems) in zip(
-        info["shards"], parallel_map(_check_shard, jobs, "verifying shards", workers)
+        info.shards, parallel_map(_check_shard, jobs, "verifying shards", workers)
     ):
         report.shards += 1
         report.samples += len(keys)
         report.problems += problems
-        if keys != expected.get(shard_info["path"], set()):
-            report.problems.append(f"{shard_info['path']}: keys differ from manifest.parquet")
+        if keys != expected.get(shard_info.path, set()):
+            report.problems.append(f"{shard_info.path}: keys differ from manifest.parquet")
     report.problems += _count_problems(info, manifest)
     return report
 
 
-def _count_problems(info: dict, manifest) -> list[str]:
+def _count_problems(info: DatasetInfo, manifest) -> list[str]:
     counted = Counter(
         zip(manifest.column("split").to_pylist(), manifest.column("city").to_pylist())
     )
     declared = {
-        (split, city): n for split, cities in info["counts"].items() for city, n in cities.items()
+        (split, city): n for split, cities in info.counts.items() for city, n in cities.items()
     }
     if counted != Counter(declared):
         return ["manifest.parquet counts per split and city differ from dataset.json"]

@@ -17,41 +17,27 @@ import hashlib
 import logging
 import os
 import random
-import re
 import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
 
 import httpx
 from prefect import task
 
 from shards.atomic import atomic_path
+from shards.checksums import CHECKSUMS_NAME, ChecksumError, md5_of, read_checksums
+from tasks.links import DownloadError, read_links, redact, scrub
 
 log = logging.getLogger("msls.download")
 
-CHECKSUMS_NAME = "msls_checksums.md5"
 EXPIRED_HINT = "ask for new links on the MSLS download page (mapillary.com) and update"
-_CHUNK = 1 << 20  # bytes per read when hashing a file already on disk
 _MAX_WAIT_S = 120.0  # cap on one backoff sleep (and on a server's Retry-After)
 
 Progress = Callable[[int, "int | None"], None]  # (bytes in the .part so far, total or None)
-
-
-class DownloadError(ValueError):
-    """One clear line: which file, what happened, what to do.
-
-    `retryable` tells the Prefect wrapper whether trying the whole step again later could
-    help (a flaky network) or not (an expired link, a corrupt file at the source).
-    """
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class _Transient(Exception):
@@ -61,120 +47,6 @@ class _Transient(Exception):
         super().__init__(message)
         self.wait_s = wait_s  # the server's Retry-After, if it gave one
         self.corrupt = corrupt  # the bytes arrived but their md5 was wrong
-
-
-# --- keeping signatures out of sight -------------------------------------------------
-
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
-
-
-def redact(url: str) -> str:
-    """`scheme://host/path` of `url`: the query string (signature) and userinfo dropped."""
-    parts = urlsplit(str(url))
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _scrub(text: str) -> str:
-    """`text` with every URL in it redacted (for messages from libraries)."""
-    return _URL_RE.sub(lambda match: redact(match.group()), text)
-
-
-class _RedactingFilter(logging.Filter):
-    """Rewrites httpx/httpcore records so a signed URL never reaches a log handler."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _scrub(record.getMessage())
-        record.args = None
-        return True
-
-
-def _install_log_redaction() -> None:
-    # httpx logs every request's full URL at INFO; Prefect and `-v` runs capture it.
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
-            logger.addFilter(_RedactingFilter())
-
-
-_install_log_redaction()
-
-
-# --- the links file and the checksum file --------------------------------------------
-
-
-def read_links(urls_file: Path) -> dict[str, str]:
-    """Map file name (the basename of each link's path) to its signed link.
-
-    Blank lines and `#` comments are skipped. Bad lines are refused up front, naming
-    the line, so a typo never costs a partial multi-GB download.
-    """
-    urls_file = Path(urls_file)
-    try:
-        lines = urls_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DownloadError(f"{urls_file}: cannot read the links file ({exc})") from None
-    links: dict[str, str] = {}
-    seen_at: dict[str, int] = {}
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name = _link_name(line)
-        if name is None:
-            raise DownloadError(
-                f"{urls_file}:{lineno}: not an http(s) download link; "
-                "put one link per line ('#' starts a comment)"
-            )
-        if name in links:
-            raise DownloadError(
-                f"{urls_file}:{lineno}: second link for {name} (first on line {seen_at[name]}); "
-                "keep one link per file"
-            )
-        links[name], seen_at[name] = line, lineno
-    if CHECKSUMS_NAME not in links:
-        raise DownloadError(
-            f"{urls_file}: no link to {CHECKSUMS_NAME}, which every other file is verified "
-            "against; add it from the MSLS download page (mapillary.com)"
-        )
-    return links
-
-
-def _link_name(line: str) -> str | None:
-    """The file name a link downloads to, or None when the line is no usable link."""
-    parts = urlsplit(line)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or " " in line:
-        return None
-    name = unquote(PurePosixPath(parts.path).name)
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        return None
-    return name
-
-
-def read_checksums(path: Path) -> dict[str, str]:
-    """Parse md5sum output (`<hex>  <name>` or `<hex> *<name>`) into name -> lowercase hex."""
-    sums: dict[str, str] = {}
-    for lineno, raw in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([0-9a-fA-F]{32})\s+\*?(.+)", line)
-        if match is None:
-            raise DownloadError(
-                f"{path}:{lineno}: not an md5sum line ('<md5>  <file>'); the checksum "
-                "download is damaged: delete it and run again"
-            )
-        sums[PurePosixPath(match.group(2).strip()).name] = match.group(1).lower()
-    return sums
-
-
-def _md5_of(path: Path) -> hashlib._Hash:
-    """The md5 of the bytes of `path`, read in chunks (files are several GB)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest
 
 
 # --- one file ------------------------------------------------------------------------
@@ -232,7 +104,7 @@ def _already_done(dest: Path, expected_md5: str | None) -> bool:
     """True when `dest` exists and needs no download (re-running is a no-op)."""
     if not dest.is_file():
         return False
-    if expected_md5 is None or _md5_of(dest).hexdigest() == expected_md5.lower():
+    if expected_md5 is None or md5_of(dest).hexdigest() == expected_md5.lower():
         log.info("%s: already present and verified, skipped", dest.name)
         return True
     log.warning("%s: present but its md5 does not match; downloading it again", dest.name)
@@ -281,10 +153,10 @@ def _fetch_once(
     except httpx.TimeoutException as exc:
         failure = _Transient(f"timed out after {timeout_s:g} s ({type(exc).__name__})")
     except httpx.TransportError as exc:
-        failure = _Transient(f"connection failed ({type(exc).__name__}: {_scrub(str(exc))})")
+        failure = _Transient(f"connection failed ({type(exc).__name__}: {scrub(str(exc))})")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         failure = DownloadError(
-            f"{part.name[:-5]}: {type(exc).__name__} fetching {redact(url)}: {_scrub(str(exc))}"
+            f"{part.name[:-5]}: {type(exc).__name__} fetching {redact(url)}: {scrub(str(exc))}"
         )
     raise failure
 
@@ -300,12 +172,12 @@ def _stream_into(
         headers["Range"] = f"bytes={offset}-"
     with client.stream("GET", url, headers=headers) as response:
         if response.status_code == 416 and offset:  # the part holds the whole file (or more)
-            return _md5_of(part)
+            return md5_of(part)
         _check_status(response, part.name[:-5], url, links_file)
         if offset and not _resumes_at(response, offset):
             log.info("%s: server sent the whole file; starting over", part.name[:-5])
             offset = 0
-        digest = _md5_of(part) if offset else hashlib.md5(usedforsecurity=False)
+        digest = md5_of(part) if offset else hashlib.md5(usedforsecurity=False)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         done = offset
@@ -433,9 +305,9 @@ def _checksums_for(links: dict[str, str], sums_path: Path, urls_file: Path) -> d
     """The checksum table, refusing links it does not vouch for before any big download."""
     try:
         sums = read_checksums(sums_path)
-    except DownloadError:
+    except ChecksumError as exc:
         sums_path.unlink(missing_ok=True)  # garbage (an error page?): fetch it afresh next time
-        raise
+        raise DownloadError(str(exc)) from None
     unlisted = [name for name in links if name != CHECKSUMS_NAME and name not in sums]
     if unlisted:
         raise DownloadError(
@@ -489,6 +361,8 @@ def worth_retrying(_task: object, _task_run: object, state: object) -> bool:
     """Prefect retries the step only where waiting may help: never for expired links."""
     # raise_on_failure=False hands back the exception without re-raising it here
     error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
+    if isinstance(error, ChecksumError):  # the file on disk is wrong: waiting cannot help
+        return False
     return not isinstance(error, DownloadError) or error.retryable
 
 

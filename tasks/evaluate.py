@@ -26,10 +26,12 @@ from gan.metrics.inception import check_inception_weights
 from gan.models import Discriminator, weights_init
 from gan.sampling import discriminator_from_state, generate, generator_from_state
 from shards.atomic import write_text
+from shards.cache import load_split
 from shards.dataset import resolve_version
 from shards.errors import DatasetError
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion, load_split, read_shard
+from shards.tar import read_shard
+from shards.version import DatasetVersion
 from tasks.report import render_report
 from tasks.verdicts import headline, training_health
 

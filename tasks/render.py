@@ -17,7 +17,7 @@ from gan.checkpoint import CheckpointError
 from gan.render import interpolation_gif, nearest_neighbours, real_vs_fake_by_city
 from gan.sampling import load_generator
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion
+from shards.version import DatasetVersion
 
 INTERPOLATION = "interpolation.gif"
 BY_CITY = "real-vs-fake-by-city.png"

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from prefect import task
 
+from shards.checksums import verify_listed
 from shards.synthetic import SyntheticConfig, write_synthetic_source
+
+VERIFIED_RECORD = "verified-sources.json"  # in raw_dir: source files whose md5 matched
 
 
 class SourceSpecError(ValueError):
@@ -23,7 +26,10 @@ def acquire_source(
 
     "synthetic" is drawn into its own folder under `raw_dir` (named by its config, so
     sizes never mix and real downloads are never touched); a folder is used as it is;
-    a file is a list of signed download links, fetched into `raw_dir`.
+    a file is a list of signed download links, fetched into `raw_dir`. A folder holding
+    `msls_checksums.md5` has every file it lists checked first (once per file version:
+    the record is kept in `raw_dir`), as a download would be; ChecksumError names a
+    file that does not match.
     """
     if source == "synthetic":
         digest = hashlib.sha256(json.dumps(asdict(synthetic), sort_keys=True).encode()).hexdigest()
@@ -32,6 +38,7 @@ def acquire_source(
         return target
     path = Path(source).expanduser()
     if path.is_dir():
+        verify_listed(path, Path(raw_dir) / VERIFIED_RECORD)
         return path
     if path.is_file():
         from tasks.download import download_all

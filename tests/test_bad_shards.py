@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from flows.cli import app
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion, LoaderConfig
+from shards.loader import LoaderConfig
 from shards.verify import verify_dataset
+from shards.version import DatasetVersion
 from tasks.train import train_model
 from tests.tiny import build_dataset, tiny_job
 

@@ -14,8 +14,8 @@ from flows.cli import app
 from flows.reshard import reshard
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
+from shards.loader import LoaderConfig
 from shards.lock import LockBusyError, lock_path, prepare_lock
-from shards.reader import LoaderConfig
 from shards.retention import list_versions, prune_versions
 from shards.verify import verify_dataset
 from tasks.train import train_model

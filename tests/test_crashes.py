@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from gan.loop import LoopConfig
 from gan.models import ModelConfig
-from shards.reader import LoaderConfig
+from shards.loader import LoaderConfig
 from tasks.train import train_model
 from tests.tiny import tiny_job
 root, run, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"

@@ -51,11 +51,11 @@ def test_version_is_complete_and_latest_points_to_it(built):
     _, layout, plan, path = built
     assert resolve_version(layout) == plan.version == path.name
     info = load_info(layout)
-    assert info["version"] == plan.version
-    assert set(info["counts"]) == {"train", "val", "ood"}
-    assert set(info["counts"]["ood"]) == {"sf"}
-    assert info["dropped"] == {"corrupt": 1}
-    assert info["cities"] == ["austin", "paris", "sf"]
+    assert info.version == plan.version
+    assert set(info.counts) == {"train", "val", "ood"}
+    assert set(info.counts["ood"]) == {"sf"}
+    assert info.dropped == {"corrupt": 1}
+    assert info.cities == ["austin", "paris", "sf"]
     assert not any(p.name.startswith(".staging") for p in layout.datasets.iterdir())
 
 

@@ -18,7 +18,8 @@ TINY = {
     "synthetic_cities": 3,
     "steps": 4,
     "minutes": 0.0,
-    "width": 8,
+    "ngf": 8,
+    "ndf": 8,
     "batch_size": 8,
     "sample_every": 2,
     "eval_samples": 32,
@@ -58,7 +59,7 @@ def test_msls_train_deployment_runs_to_completion(tmp_path):
     finally:
         stopped = services.stop()
     assert set(stopped) >= {"prefect-server", "prefect-worker"}
-    client = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
+    client = MlflowClient(DataLayout.at(tmp_path / "data").mlflow_uri)
     (experiment,) = [e for e in client.search_experiments() if e.name.startswith("msls-")]
     assert experiment.artifact_location.startswith((tmp_path / "data").as_uri())
     (run,) = client.search_runs([experiment.experiment_id])

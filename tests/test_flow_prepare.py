@@ -20,8 +20,8 @@ def test_flow_builds_a_version_then_is_a_noop(prefect_api, tmp_path):
     assert first["built"] is True
     layout = DataLayout.at(tmp_path)
     info = load_info(layout)
-    assert info["version"] == first["version"]
-    assert set(info["cities"]) == {"austin", "bangkok", "budapest"}
+    assert info.version == first["version"]
+    assert set(info.cities) == {"austin", "bangkok", "budapest"}
     assert verify_dataset(layout.dataset(first["version"])).ok
     again = prepare(data_root=str(tmp_path), **SMALL)
     assert again == {**first, "built": False}
@@ -57,7 +57,7 @@ def test_cli_prepare_prints_version_counts_and_location(prefect_api, tmp_path):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    version = load_info(DataLayout.at(tmp_path))["version"]
+    version = load_info(DataLayout.at(tmp_path)).version
     assert f"version: {version}" in result.output
     assert "austin" in result.output and "total" in result.output
     assert str(tmp_path / "datasets" / version) in result.output.replace("\n", "")

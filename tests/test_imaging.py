@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.imaging import ShardConfig, make_strip, strip_box
+from shards.imaging import ShardConfig, make_strip
 from tests.msls_builder import jpeg
 
 
@@ -25,7 +25,7 @@ def test_strip_has_the_stored_size(resolution, size):
 
 
 def test_box_on_a_640x480_photo_moves_the_window_like_the_original():
-    left, top, right, bottom = strip_box(640, 480, ShardConfig())
+    left, top, right, bottom = ShardConfig().strip_box(640, 480)
     side = bottom - top
     assert side == pytest.approx(0.55 * 480)
     assert right - left == pytest.approx(2 * side)

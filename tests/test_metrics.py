@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan.images import centre_window, strip_windows, training_windows
+from gan.images import strip_windows, training_windows
 from gan.metrics import EvalConfig, EvalInputs, append_result, compute_metric, metric_names
 from gan.metrics.inception import NO_INCEPTION
 from gan.metrics.inputs import count_label
@@ -25,6 +25,7 @@ from gan.metrics.sliced_wasserstein import (
     swd_directions,
     swd_resolutions,
 )
+from shards.geometry import centre_window
 
 
 def street_like(n: int, seed: int, size: int = 32, width: int | None = None) -> torch.Tensor:

@@ -17,22 +17,18 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from shards.cache import CachedBatches, city_weights, load_split
 from shards.catalog import CatalogConfig, build_catalog
 from shards.dataset import finalize_dataset, plan_dataset
+from shards.errors import DatasetError
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
-from shards.reader import (
-    CachedBatches,
-    DatasetError,
-    DatasetVersion,
-    LoaderConfig,
-    StreamingBatches,
-    city_weights,
-    load_split,
-    make_batches,
-    read_shard,
-)
+from shards.loader import LoaderConfig
+from shards.reader import make_batches
 from shards.split import SplitConfig
+from shards.streaming import StreamingBatches
+from shards.tar import read_shard
+from shards.version import DatasetVersion
 from shards.writer import write_shard
 from tests.msls_builder import MslsBuilder
 
@@ -104,7 +100,7 @@ def test_load_split_decodes_every_sample_like_pil(version, train):
     n = version.samples("train")
     assert images.shape == (n, 3, 64, 128) and images.dtype == torch.uint8
     assert cls.shape == (n,) and cls.dtype == torch.int64
-    counts = version.info["counts"]["train"]
+    counts = version.info.counts["train"]
     assert cls.bincount(minlength=3).tolist() == [counts.get(c, 0) for c in version.cities]
     first = version.shards("train")[0]
     with tarfile.open(version.url(first)) as tar:
@@ -132,14 +128,14 @@ def test_ranks_load_disjoint_shards_that_cover_the_split(version, train):
 
 def test_a_cached_epoch_visits_every_sample_once(train):
     images, cls = train
-    batches = CachedBatches(images, cls, 3, LoaderConfig(batch_size=1))
+    batches = CachedBatches(images, cls, 3, LoaderConfig(), batch_size=1)
     seen = ids_of(epoch_of(batches))
     assert sorted(seen) == sorted(fingerprints(images))
     assert batches.state_dict()["epoch"] == 1 and batches.state_dict()["batch"] == 0
 
 
 def test_cached_batches_have_the_trainer_shapes(train):
-    images, labels = next(CachedBatches(*train, 3, LoaderConfig(batch_size=5)))
+    images, labels = next(CachedBatches(*train, 3, LoaderConfig(), batch_size=5))
     assert images.shape == (5, 3, 64, 128) and images.dtype == torch.uint8
     assert labels.shape == (5,) and labels.dtype == torch.int64
 
@@ -147,7 +143,7 @@ def test_cached_batches_have_the_trainer_shapes(train):
 def test_temperature_zero_draws_cities_uniformly(train):
     images, cls = train
     assert cls.bincount().max() >= 4 * cls.bincount().min()  # the fixture is imbalanced
-    batches = CachedBatches(images, cls, 3, LoaderConfig(batch_size=8, city_temperature=0.0))
+    batches = CachedBatches(images, cls, 3, LoaderConfig(city_temperature=0.0), batch_size=8)
     drawn = torch.cat([next(batches)[1] for _ in range(300)])
     observed = drawn.bincount(minlength=3).double()
     expected = len(drawn) / 3
@@ -164,13 +160,14 @@ def test_city_weights_follow_the_temperature():
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_cached_batches_resume_exactly(train, temperature):
-    config = LoaderConfig(batch_size=4, city_temperature=temperature, seed=3)
-    whole = CachedBatches(*train, 3, config, generator_seed=7)
+    config = LoaderConfig(city_temperature=temperature)
+    run = dict(batch_size=4)
+    whole = CachedBatches(*train, 3, config, **run, generator_seed=7)
     expected = epoch_of(whole, 25)  # crosses epoch boundaries
-    first = CachedBatches(*train, 3, config, generator_seed=7)
+    first = CachedBatches(*train, 3, config, **run, generator_seed=7)
     epoch_of(first, 13)
     state = first.state_dict()
-    resumed = CachedBatches(*train, 3, config, generator_seed=7)
+    resumed = CachedBatches(*train, 3, config, **run, generator_seed=7)
     resumed.load_state_dict(state)
     assert same(epoch_of(resumed, 12), expected[13:])
 
@@ -179,7 +176,7 @@ def test_cached_batches_resume_exactly(train, temperature):
 
 
 def test_streamed_epoch_reads_each_sample_once_with_two_workers(version, train):
-    batches = StreamingBatches(version, "train", LoaderConfig(batch_size=1, workers=2))
+    batches = StreamingBatches(version, "train", LoaderConfig(workers=2), batch_size=1)
     assert batches.plan.streams == 2
     epoch = epoch_of(batches)
     assert batches.state_dict() == {"epoch": 1, "batch": 0, "streams": 2}
@@ -190,18 +187,20 @@ def test_streamed_epoch_reads_each_sample_once_with_two_workers(version, train):
 
 
 def test_worker_processes_yield_what_one_process_yields(version):
-    config = LoaderConfig(batch_size=3, workers=2, shuffle_buffer=5, seed=1)
-    local = StreamingBatches(version, "train", config, in_process=True)
+    config = LoaderConfig(workers=2, shuffle_buffer=5)
+    run = dict(batch_size=3, seed=1)
+    local = StreamingBatches(version, "train", config, **run, in_process=True)
     n = local.batches_per_epoch + 4  # into the second epoch
-    pooled = StreamingBatches(version, "train", config)
+    pooled = StreamingBatches(version, "train", config, **run)
     assert same(epoch_of(pooled, n), epoch_of(local, n))
     pooled.close()
 
 
 def test_ranks_stream_the_same_number_of_disjoint_batches(version):
-    config = LoaderConfig(batch_size=2, workers=2)
+    config = LoaderConfig(workers=2)
+    run = dict(batch_size=2)
     ranks = [
-        StreamingBatches(version, "train", config, rank=r, world_size=2, in_process=True)
+        StreamingBatches(version, "train", config, **run, rank=r, world_size=2, in_process=True)
         for r in (0, 1)
     ]
     assert ranks[0].batches_per_epoch == ranks[1].batches_per_epoch
@@ -213,22 +212,24 @@ def test_ranks_stream_the_same_number_of_disjoint_batches(version):
 
 @pytest.mark.parametrize("in_process", [True, False])
 def test_streaming_resumes_exactly(version, in_process):
-    config = LoaderConfig(batch_size=3, workers=2, shuffle_buffer=6, seed=5)
-    whole = StreamingBatches(version, "train", config, in_process=True)
+    config = LoaderConfig(workers=2, shuffle_buffer=6)
+    run = dict(batch_size=3, seed=5)
+    whole = StreamingBatches(version, "train", config, **run, in_process=True)
     per_epoch = whole.batches_per_epoch
     expected = epoch_of(whole, per_epoch + 6)
     for stop in (3, per_epoch + 1):  # mid-epoch (an odd batch: the other worker's turn)
-        first = StreamingBatches(version, "train", config, in_process=True)
+        first = StreamingBatches(version, "train", config, **run, in_process=True)
         epoch_of(first, stop)
-        resumed = StreamingBatches(version, "train", config, in_process=in_process)
+        resumed = StreamingBatches(version, "train", config, **run, in_process=in_process)
         resumed.load_state_dict(first.state_dict())
         assert same(epoch_of(resumed, 5), expected[stop : stop + 5]), stop
         resumed.close()
 
 
 def test_streaming_temperature_zero_balances_cities(version):
-    config = LoaderConfig(batch_size=8, workers=1, city_temperature=0.0, shuffle_buffer=20)
-    batches = StreamingBatches(version, "train", config, in_process=True)
+    config = LoaderConfig(workers=1, city_temperature=0.0, shuffle_buffer=20)
+    run = dict(batch_size=8)
+    batches = StreamingBatches(version, "train", config, **run, in_process=True)
     drawn = torch.cat([next(batches)[1] for _ in range(60)])
     shares = drawn.bincount(minlength=3).double() / len(drawn)
     assert shares.min() > 0.2 and shares.max() < 0.47  # natural: austin alone is ~0.65
@@ -284,19 +285,20 @@ def damaged(version, tmp_path):
 
 def test_a_bad_shard_stops_the_reader_by_name(version, damaged):
     copy, missing, truncated = damaged
-    config = LoaderConfig(batch_size=2, workers=1)
+    config = LoaderConfig(workers=1)
+    run = dict(batch_size=2)
     advice = "run `msls verify` and re-run `msls prepare`"
     with pytest.raises(ValueError, match=rf"{missing}: shard is missing; {advice}"):
-        StreamingBatches(copy, "train", config, in_process=True)
+        StreamingBatches(copy, "train", config, **run, in_process=True)
     with pytest.raises(ValueError, match=rf"{missing}: unreadable shard .*; {advice}"):
         load_split(copy, "train", workers=1)
     shutil.copy(version.path / missing, copy.path / missing)  # only the truncated one now
-    batches = StreamingBatches(copy, "train", config, in_process=True)
+    batches = StreamingBatches(copy, "train", config, **run, in_process=True)
     with pytest.raises(ValueError, match=rf"{truncated}: unreadable shard .*; {advice}"):
         epoch_of(batches)
     for read in (  # in loader worker processes: the same one line, no worker traceback
         lambda: load_split(copy, "train", workers=2),
-        lambda: epoch_of(StreamingBatches(copy, "train", LoaderConfig(batch_size=2, workers=2))),
+        lambda: epoch_of(StreamingBatches(copy, "train", LoaderConfig(workers=2), batch_size=2)),
     ):
         with pytest.raises(ValueError, match=rf"{truncated}: unreadable shard") as error:
             read()
@@ -306,8 +308,9 @@ def test_a_bad_shard_stops_the_reader_by_name(version, damaged):
 @pytest.mark.parametrize("cache", ["none", "host"])
 def test_bad_shards_can_be_skipped_with_a_warning(damaged, caplog, cache):
     copy, missing, truncated = damaged
-    config = LoaderConfig(batch_size=2, workers=1, cache=cache, skip_bad_shards=True)
-    batches = make_batches(copy, "train", config)  # streamed: in a worker process
+    config = LoaderConfig(workers=1, cache=cache, skip_bad_shards=True)
+    run = dict(batch_size=2)
+    batches = make_batches(copy, "train", config, **run)  # streamed: in a worker process
     with caplog.at_level(logging.WARNING, logger="msls.reader"):
         got = epoch_of(batches)
     assert len(got) == batches.batches_per_epoch and got[0][0].shape == (2, 3, 64, 128)
@@ -321,23 +324,21 @@ def test_bad_shards_can_be_skipped_with_a_warning(damaged, caplog, cache):
 
 
 def test_make_batches_picks_the_cache(version):
-    assert isinstance(make_batches(version, "train", LoaderConfig(batch_size=4)), CachedBatches)
-    streamed = make_batches(version, "train", LoaderConfig(batch_size=4, cache="none"))
+    assert isinstance(make_batches(version, "train", LoaderConfig(), batch_size=4), CachedBatches)
+    streamed = make_batches(version, "train", LoaderConfig(cache="none"), batch_size=4)
     assert isinstance(streamed, StreamingBatches)
     with pytest.raises(ValueError, match="fewer than world_size x batch_size"):
-        StreamingBatches(version, "train", LoaderConfig(batch_size=1000))
+        StreamingBatches(version, "train", LoaderConfig(), batch_size=1000)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("batch_size", 0, "batch_size must be >= 1"),
         ("cache", "gpu", "cache must be one of"),
         ("workers", -1, "workers must be >= 0"),
         ("city_temperature", -0.5, "city_temperature must be >= 0"),
         ("city_temperature", float("nan"), "city_temperature must be >= 0"),
         ("shuffle_buffer", -1, "shuffle_buffer must be >= 0"),
-        ("seed", -2, "seed must be >= 0"),
     ],
 )
 def test_bad_config_is_one_line(field, value, message):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint
-from gan.images import centre_window, image_grid
+from gan.images import image_grid
 from gan.render import (
     LABEL_WIDTH,
     SampleGridCallback,
@@ -20,8 +20,10 @@ from gan.render import (
     real_vs_fake_by_city,
 )
 from gan.sampling import load_generator
+from shards.cache import load_split
+from shards.geometry import centre_window
 from shards.layout import DataLayout
-from shards.reader import DatasetVersion, load_split
+from shards.version import DatasetVersion
 from tasks.render import render_run
 from tasks.train import train_model
 from tests.tiny import build_dataset, tiny_job

@@ -18,7 +18,7 @@ from gan.checkpoint import CheckpointError, load_checkpoint
 from gan.distributed import average_gradients
 from gan.trainer import TrainConfig
 from shards.layout import DataLayout
-from shards.reader import LoaderConfig
+from shards.loader import LoaderConfig
 from tasks.train import TrainJob, train_model
 from tests.tiny import TINY_MODEL, build_dataset, tiny_job
 

@@ -11,8 +11,8 @@ from gan.trainer import TrainConfig
 from shards.catalog import CatalogConfig
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
+from shards.loader import LoaderConfig
 from shards.pipeline import prepare_dataset
-from shards.reader import LoaderConfig
 from shards.split import SplitConfig
 from tasks.train import TrainJob
 from tests.msls_builder import MslsBuilder

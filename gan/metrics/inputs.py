@@ -29,6 +29,7 @@ class EvalConfig:
         2048,
         "Generated images to judge, and real windows per set in SWD; compare runs only "
         "at one count (the metric names carry it: 2048 -> swd2k_valwin).",
+        name="eval_samples",
     )
     inception_weights: str | None = option(
         None, "Local torch-fidelity InceptionV3 weights file: enables FID and KID."

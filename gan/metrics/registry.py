@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gan.images import centre_window, strip_windows
+from gan.images import strip_windows
 from gan.metrics.copies import diversity_stats, memorisation_stats
 from gan.metrics.inception import NO_INCEPTION, inception_distances
 from gan.metrics.inputs import EvalInputs, count_label, not_computed
 from gan.metrics.probe import extract_features, probe_features
 from gan.metrics.sliced_wasserstein import SWD_MIN_RESOLUTION, swd_against_real
 from shards.atomic import write_text
+from shards.geometry import centre_window
 
 MetricFn = Callable[[EvalInputs], dict]
 _METRICS: dict[str, MetricFn] = {}  # name template -> function
