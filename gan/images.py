@@ -1,9 +1,9 @@
 """Batches of uint8 images: windows of stored strips, grids, pixel features, nearest rows.
 
 The small rules that renders, metrics and the report share, written once:
-- a shard stores a 2:1 strip per photo; a picture of it is the centre R x R window, and
-  what G learns from is a random window anywhere along it, maybe mirrored
-  (`gan.augment.random_window`, the training draw);
+- a shard stores a 2:1 strip per photo; a picture of it is the centre R x R window
+  (`shards.geometry.centre_window`), and what G learns from is a random window anywhere
+  along it, maybe mirrored (`gan.augment.random_window`, the training draw);
 - images are compared in one fixed, cheap feature space: 16 x 16 area-downsampled RGB
   in [0, 1] (768 numbers), Euclidean distance; model-free and blind to small shifts;
 - a grid is `torchvision.utils.make_grid`, `nrow` images per row.
