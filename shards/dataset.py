@@ -195,9 +195,8 @@ def _dataset_info(
     ).items():
         counts[split][city] = n
     failures = [f for result in results for f in result["failures"]]
-    dropped = {s: n for s, n in catalog.counts.items() if s != "ok"}
-    if failures:
-        dropped["decode_failed"] = len(failures)
+    dropped = Counter({s: n for s, n in catalog.counts.items() if s != "ok"})
+    dropped.update(f.get("status", "decode_failed") for f in failures)
     shard_sizes = Counter(manifest.column("shard").to_pylist())
     return DatasetInfo(
         version=plan.version,
@@ -208,7 +207,7 @@ def _dataset_info(
         cities=staged["cities"],
         counts=dict(counts),
         totals={split: sum(c.values()) for split, c in counts.items()},
-        dropped=dropped,
+        dropped=dict(sorted(dropped.items())),
         decode_failures=failures[:100],
         shards=[
             ShardEntry(r["shard"], shard_sizes[r["shard"]], r["bytes"])
