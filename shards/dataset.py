@@ -162,6 +162,7 @@ def finalize_dataset(
         remove_torn_writes(plan.staging, recursive=True)  # half shards of killed runs
         if final.exists():  # a leftover from a crash between rename and LATEST: keep the new one
             shutil.rmtree(final)
+        _remove_empty_shards(plan.staging, results)
         manifest = _manifest(plan.staging, results)
         with atomic_path(plan.staging / "manifest.parquet") as tmp:
             pq.write_table(manifest, tmp)
@@ -171,6 +172,17 @@ def finalize_dataset(
         os.replace(plan.staging, final)
     write_text(layout.latest_pointer, plan.version + "\n")
     return final
+
+
+def _remove_empty_shards(staging: Path, results: list[dict]) -> None:
+    """Remove the tars of planned shards that hold no sample (they are not listed).
+
+    A planned shard ends empty when every photo in it failed to decode (a city of
+    damaged files): listed, it would be a shard no reader can draw from.
+    """
+    for result in results:
+        if not result["keys"]:
+            (staging / result["shard"]).unlink(missing_ok=True)
 
 
 def _manifest(staging: Path, results: list[dict]) -> pa.Table:
@@ -190,6 +202,9 @@ def _dataset_info(
 ) -> DatasetInfo:
     staged = json.loads((plan.staging / "plan.json").read_text())
     counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for shard in plan.shards:  # a planned city whose photos all failed counts 0, not absent
+        split, city, _ = shard.split("/")
+        counts[split][city] = 0
     for (split, city), n in Counter(
         zip(manifest.column("split").to_pylist(), manifest.column("city").to_pylist())
     ).items():
@@ -212,6 +227,7 @@ def _dataset_info(
         shards=[
             ShardEntry(r["shard"], shard_sizes[r["shard"]], r["bytes"])
             for r in sorted(results, key=lambda r: r["shard"])
+            if r["keys"]
         ],
     )
 
