@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -24,10 +25,19 @@ log = logging.getLogger("msls.reader")
 
 
 class _ShardFiles(Dataset):
-    """Map-style: item i = the decoded shard i (or its raw JPEG bytes, for a GPU decode)."""
+    """Map-style: item i = the picked samples of shard i, decoded (or their raw JPEG bytes,
+    for a GPU decode), or the shard's problem as text."""
 
-    def __init__(self, urls: list[str], samples: list[int], size: tuple[int, int], decode: bool):
-        self.urls, self.samples, self.size, self.decode = urls, samples, size, decode
+    def __init__(
+        self,
+        urls: list[str],
+        samples: list[int],
+        picks: list[slice],
+        size: tuple[int, int],
+        decode: bool,
+    ) -> None:
+        self.urls, self.samples, self.picks = urls, samples, picks
+        self.size, self.decode = size, decode
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -35,7 +45,7 @@ class _ShardFiles(Dataset):
     def __getitem__(self, i: int):
         url = self.urls[i]
         try:
-            samples = [(*s, url) for s in read_shard(url, self.samples[i])]
+            samples = [(*s, url) for s in read_shard(url, self.samples[i])][self.picks[i]]
             if self.decode:
                 return (*decode_batch(samples, self.size), None) if samples else (None, None, None)
             # one tensor per shard: thousands of small ones would each cost a shared-memory file
@@ -52,27 +62,64 @@ def load_split(
     *,
     rank: int = 0,
     world_size: int = 1,
+    shards: list[str] | None = None,
     workers: int = 0,
     device: str | torch.device = "cpu",
     skip_bad_shards: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shards (`shards[rank::world_size]`) decoded once, in shard order.
+    """This rank's samples of the split's shards (or of `shards`), decoded once.
 
-    Returns uint8 [N,3,H,W] and int64 [N] on `device`. Shards are read (and, unless the
-    target is CUDA, decoded) by `workers` processes (0: cores, at most 8); on CUDA the
-    JPEGs are decoded by nvjpeg straight into accelerator memory.
+    Rank r keeps the samples whose position in the split (shard order) is r modulo
+    `world_size`, so every rank has data whatever the shard count, and all keep the
+    same number (the least any rank has). Every rank reads every shard (cheap: reading
+    costs ~1% of decoding) and decodes only its own samples.
+
+    Returns uint8 [N,3,H,W] and int64 [N] on `device`, in shard order. Shards are read
+    (and, unless the target is CUDA, decoded) by `workers` processes (0: cores, at most
+    8); on CUDA the JPEGs are decoded by nvjpeg straight into accelerator memory.
     """
     device = torch.device(device)
-    shards = version.shards(split)[rank::world_size]
+    shards = version.shards(split) if shards is None else shards
     urls = [version.url(s) for s in shards]
     samples = [version.shard_samples(s) for s in shards]
+    offsets = [sum(samples[:i]) for i in range(len(samples))]
+    picks = [slice((rank - o) % world_size, None, world_size) for o in offsets]
     width, height = version.strip_size
     on_gpu = device.type == "cuda"
     target = device if on_gpu else torch.device("cpu")
-    images = torch.empty((sum(samples), 3, height, width), dtype=torch.uint8, device=target)
-    cls = torch.empty(sum(samples), dtype=torch.int64)
-    files = _ShardFiles(urls, samples, version.strip_size, decode=not on_gpu)
-    workers = min(resolved_workers(workers), len(urls))
+    mine = sum(len(range(n)[p]) for n, p in zip(samples, picks))
+    images = torch.empty((mine, 3, height, width), dtype=torch.uint8, device=target)
+    cls = torch.empty(mine, dtype=torch.int64)
+    files = _ShardFiles(urls, samples, picks, version.strip_size, decode=not on_gpu)
+    n, bad = 0, set()
+    for i, (part, labels, problem) in enumerate(_parts(files, workers, split)):
+        if problem is not None:
+            if not skip_bad_shards:
+                raise ValueError(problem)
+            log.warning("skipping a bad shard: %s", problem)
+            bad.add(i)
+            continue
+        if part is None:
+            continue
+        if on_gpu:
+            data, lengths = part
+            part = torch.stack(decode_jpegs(list(data.split(lengths.tolist())), device))
+        images[n : n + len(labels)] = part
+        cls[n : n + len(labels)] = labels
+        n += len(labels)
+    if bad:
+        lost = sum(samples[i] for i in bad)
+        log.warning(
+            "skipped %d of %d %s shards: %d of %d samples are missing from training",
+            len(bad), len(urls), split, lost, sum(samples),
+        )  # fmt: skip
+    n = min(n, _least_per_rank(samples, bad, world_size))
+    return images[:n].to(device), cls[:n].to(device)
+
+
+def _parts(files: _ShardFiles, workers: int, split: str) -> Iterator:
+    """The items of `files` in order, from `workers` loader processes (or this one)."""
+    workers = min(resolved_workers(workers), len(files))
     parts = (
         iter(files[i] for i in range(len(files)))
         if workers <= 1
@@ -85,28 +132,20 @@ def load_split(
             worker_init_fn=exit_with(os.getpid()),
         )
     )
-    n, skipped = 0, 0
-    for part, labels, problem in track(parts, len(urls), f"decoding {split} shards"):
-        if problem is not None:
-            if not skip_bad_shards:
-                raise ValueError(problem)
-            log.warning("skipping a bad shard: %s", problem)
-            skipped += 1
-            continue
-        if part is None:
-            continue
-        if on_gpu:
-            data, lengths = part
-            part = torch.stack(decode_jpegs(list(data.split(lengths.tolist())), device))
-        images[n : n + len(labels)] = part
-        cls[n : n + len(labels)] = labels
-        n += len(labels)
-    if skipped:
-        log.warning(
-            "skipped %d of %d %s shards: %d of %d samples are missing from training",
-            skipped, len(urls), split, sum(samples) - n, sum(samples),
-        )  # fmt: skip
-    return images[:n].to(device), cls[:n].to(device)
+    return track(parts, len(files), f"decoding {split} shards")
+
+
+def _least_per_rank(samples: list[int], bad: set[int], world_size: int) -> int:
+    """The fewest samples any rank keeps from the readable shards (every rank reads every
+    shard, so every rank knows which failed and computes the same number)."""
+    kept = [0] * world_size
+    offset = 0
+    for i, n in enumerate(samples):
+        if i not in bad:
+            for r in range(world_size):
+                kept[r] += len(range((r - offset) % world_size, n, world_size))
+        offset += n
+    return min(kept)
 
 
 def city_weights(cls: torch.Tensor, n_cities: int, temperature: float) -> torch.Tensor:

@@ -144,7 +144,7 @@ def load_images(
     if not shards or total == 0:
         raise DatasetError(f"{version.path}: the {split} split is empty; nothing to evaluate on")
     stride = max(1, min(len(shards), total // max(wanted, 1)))
-    strips, labels = load_split(version, split, world_size=stride, workers=workers)
+    strips, labels = load_split(version, split, shards=shards[::stride], workers=workers)
     images = centre_window(strips).contiguous()  # the evaluation image
     return images, labels, _sequence_ids(version, shards[::stride], len(images))
 

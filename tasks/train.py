@@ -136,6 +136,9 @@ def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
     job = replace(job, dataset=resolve_version(layout, job.dataset))
+    if job.nproc > 1:  # a dataset too small for the ranks says so once, before they start
+        version = DatasetVersion(layout.dataset(job.dataset))
+        version.batches_per_rank("train", job.train.batch_size, job.nproc)
     run_dir = _run_dir(layout, job)
     if job.nproc > 1 and world_from_env().size == 1:
         return _launch(job, run_dir)
