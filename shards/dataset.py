@@ -245,6 +245,32 @@ def resolve_version(layout: DataLayout, version: str = "latest") -> str:
     return version
 
 
+def resume_version(
+    layout: DataLayout, requested: str, recorded: str | None, checkpoint: Path
+) -> str:
+    """The dataset version a resumed run continues on: the one its checkpoint records.
+
+    Not LATEST: a version prepared since (another resolution, other split parameters)
+    would train the old model on other data and judge it on another val split.
+    `requested` is the user's --dataset ("latest", the default, means not given); a
+    different version is refused in one line. `recorded` None: a checkpoint from before
+    checkpoints named their dataset, which resolves `requested` as a new run would.
+    """
+    if recorded is None:
+        return resolve_version(layout, requested)
+    if requested not in ("latest", recorded):
+        raise DatasetError(
+            f"--dataset {requested}: {checkpoint} was trained on dataset version {recorded} "
+            f"and a resume continues on it; drop --dataset, or train a new run on {requested}"
+        )
+    if not (layout.dataset(recorded) / INFO_FILE).exists():
+        raise DatasetError(
+            f"{checkpoint}: its dataset version {recorded} is no longer in {layout.datasets} "
+            "(pruned?); rebuild it with the same `msls prepare` options, or train a new run"
+        )
+    return recorded
+
+
 def load_info(layout: DataLayout, version: str = "latest") -> DatasetInfo:
     """dataset.json of a version (\"latest\" follows the pointer)."""
     return DatasetInfo.load(layout.dataset(resolve_version(layout, version)))

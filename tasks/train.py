@@ -27,7 +27,7 @@ from gan.loop import Budget, Callback, LoopConfig, ProgressCallback, fit, option
 from gan.models import ModelConfig
 from gan.trainer import TrainConfig, Trainer
 from shards.atomic import write_text
-from shards.dataset import resolve_version
+from shards.dataset import resolve_version, resume_version
 from shards.layout import DataLayout
 from shards.loader import LoaderConfig
 from shards.provenance import code_version
@@ -135,6 +135,10 @@ def train_job(
 def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
+    if job.resume:  # the checkpoint's dataset version, not LATEST's
+        checkpoint = _checkpoint_path(_run_dir(layout, job), job)
+        recorded = load_checkpoint(checkpoint, mmap=True).get("dataset")
+        job = replace(job, dataset=resume_version(layout, job.dataset, recorded, checkpoint))
     job = replace(job, dataset=resolve_version(layout, job.dataset))
     if job.nproc > 1:  # a dataset too small for the ranks says so once, before they start
         version = DatasetVersion(layout.dataset(job.dataset))
