@@ -20,6 +20,7 @@ from gan.distributed import World, average_gradients, broadcast_module
 from gan.ema import EMA
 from gan.losses import gradient_penalty, make_loss
 from gan.models import ModelConfig, build_models
+from shards.rng import set_state
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 
@@ -158,9 +159,10 @@ class Trainer:
         """This rank's random streams (each rank draws different noise)."""
         return {"rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
 
-    def load_rank_state(self, state: dict) -> None:
-        self.rng.set_state(state["rng"].cpu())
+    def load_rank_state(self, state: dict) -> bool:
+        """False where the noise stream came from another device type and was re-seeded."""
         torch.set_rng_state(state["torch_rng"].cpu())
+        return set_state(self.rng, state["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]

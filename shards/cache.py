@@ -18,6 +18,7 @@ from shards.decode import as_tensor, decode_batch, decode_jpegs
 from shards.loader import WORKER_START, LoaderConfig, resolved_workers
 from shards.processes import exit_with
 from shards.progress import track
+from shards.rng import set_state
 from shards.tar import read_shard
 from shards.version import DatasetVersion
 
@@ -224,7 +225,10 @@ class CachedBatches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "generator": self._epoch_state}
 
-    def load_state_dict(self, state: dict) -> None:
-        self._generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue from a saved position; False where the batch order could not carry
+        over (saved on another device type: re-seeded, see shards/rng.py)."""
+        exact = set_state(self._generator, state["generator"])
         self.epoch, self.batch = state["epoch"], state["batch"]
         self._start_epoch()
+        return exact

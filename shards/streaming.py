@@ -323,9 +323,10 @@ class StreamingBatches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "streams": self.plan.streams}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
         """Continue from a saved position: the next batch is the one an uninterrupted run
-        would have yielded (given the same config, world size and worker count)."""
+        would have yielded (given the same config, world size and worker count). True:
+        the position is plain numbers, valid on any device."""
         if state.get("streams", self.plan.streams) != self.plan.streams:
             log.warning(
                 "resuming with %d loader streams where the run had %d: the data order "
@@ -340,6 +341,7 @@ class StreamingBatches:
             )
         self.close()
         self.epoch, self.batch = state["epoch"], state["batch"]
+        return True
 
     def close(self) -> None:
         """Stop the loader workers (a new iteration starts them again)."""
