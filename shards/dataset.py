@@ -166,7 +166,14 @@ def finalize_dataset(
         manifest = _manifest(plan.staging, results)
         with atomic_path(plan.staging / "manifest.parquet") as tmp:
             pq.write_table(manifest, tmp)
-        _dataset_info(plan, manifest, results, catalog, code_version).save(plan.staging)
+        info = _dataset_info(plan, manifest, results, catalog, code_version)
+        if info.samples("val") == 0:
+            log.warning(
+                "%s has no val split (val_fraction %s): it trains, but evaluation and the "
+                "real-vs-generated renders will be skipped",
+                plan.version, info.split_params["val_fraction"],
+            )  # fmt: skip
+        info.save(plan.staging)
         shutil.rmtree(plan.staging / ".results", ignore_errors=True)
         (plan.staging / "plan.parquet").unlink()
         os.replace(plan.staging, final)

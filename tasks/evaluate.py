@@ -81,6 +81,9 @@ def evaluate_checkpoint(
             f"{version.path}: {version.resolution} px images but the checkpoint makes "
             f"{config.resolution} px; evaluate on a dataset of the checkpoint's resolution"
         )
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
+    if version.samples("val") == 0:  # a train-only version (--val-fraction 0): say so, succeed
+        return _skipped(checkpoint, state, version, out_dir)
     discriminator, _ = discriminator_from_state(state, accelerator.device)
     val, val_labels, val_groups = load_images(
         version, "val", max(n_samples, VAL_MIN_IMAGES), workers
@@ -122,9 +125,20 @@ def evaluate_checkpoint(
         "metrics": metrics,
         "headline": headline(metrics),
     }
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
     write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
     write_text(out_dir / "report.html", render_report(evaluation, inputs.generated, val))
+    return evaluation
+
+
+def _skipped(checkpoint: Path, state: dict, version: DatasetVersion, out_dir: Path) -> dict:
+    """No val split, and every metric here compares with val: evaluation.json says why."""
+    reason = f"dataset {version.version} has no val split (--val-fraction 0): evaluation skipped"
+    log.warning("%s", reason)
+    evaluation = {"schema": SCHEMA, "checkpoint": str(checkpoint), "step": state.get("step", 0),
+                  "dataset": version.version, "skipped": reason, "metrics": {},
+                  "headline": []}  # fmt: skip
+    write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+    write_text(out_dir / "report.html", f"<!doctype html><p>{html.escape(reason)}</p>\n")
     return evaluation
 
 
@@ -245,6 +259,8 @@ def summary_markdown(evaluation: dict) -> str:
     ]
     for name, value, reference, verdict in evaluation["headline"]:
         lines.append(f"| {name} | {_fmt(value)} | {_fmt(reference)} | {verdict} |")
+    if "skipped" in evaluation:
+        lines[2:] = [evaluation["skipped"]]
     return "\n".join(lines)
 
 
