@@ -6,20 +6,25 @@ It holds no logic of its own: it parses options, runs a flow, prints what came o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from flows.options import resolve, with_options
 from shards.layout import DATA_ROOT_ENV, DataLayout
-from shards.lock import DEFAULT_LOCK_TIMEOUT
+from shards.options import flat
+from tasks.jobs import EvalConfig, PrepareJob, TrainJob
+from tasks.presets import PRESET_NAMES
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -52,56 +57,15 @@ def fail(message: str) -> None:
 
 
 @app.command()
-def prepare(
-    ctx: typer.Context,
-    source: Annotated[
-        str, typer.Option(help="synthetic, a folder of MSLS zips, or a links file.")
-    ] = "synthetic",
-    resolution: Annotated[int, typer.Option(help="Training resolution: 64 or 128.")] = 64,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of each city's images held out.")
-    ] = 0.1,
-    seed: Annotated[int, typer.Option(help="Split seed (and synthetic source seed).")] = 0,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 5000,
-    include_panos: Annotated[
-        bool, typer.Option(help="Keep panoramas (dropped by default).")
-    ] = False,
-    synthetic_images: Annotated[int, typer.Option(help="Size of the synthetic source.")] = 2000,
-    synthetic_cities: Annotated[int, typer.Option(help="Cities in the synthetic source.")] = 8,
-    lock_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for another prepare on this data root.")
-    ] = DEFAULT_LOCK_TIMEOUT,
-    dask: Annotated[
-        str, typer.Option(help="Shard on Dask: 'local', or a scheduler address tcp://host:port.")
-    ] = "",
-    publish: Annotated[
-        str, typer.Option(help="Upload the version to an fsspec URL (s3://bucket/msls, ...).")
-    ] = "",
-) -> None:
+@with_options(PrepareJob, cli=True)
+def prepare(ctx: typer.Context, **options: Any) -> None:
     """Download/catalog/split/shard MSLS into a dataset version (a no-op if it exists)."""
     from flows.prepare import prepare as prepare_flow
-    from flows.prepare import prepare_configs
 
-    params = dict(
-        resolution=resolution,
-        val_fraction=val_fraction,
-        seed=seed,
-        shard_size=shard_size,
-        include_panos=include_panos,
-        synthetic_images=synthetic_images,
-        synthetic_cities=synthetic_cities,
-    )
     layout: DataLayout = ctx.obj
     with _errors():
-        prepare_configs(**params)
-        result = prepare_flow(
-            source=source,
-            data_root=str(layout.root),
-            lock_timeout=lock_timeout,
-            dask=dask,
-            publish=publish,
-            **params,
-        )
+        job = resolve(PrepareJob, options, preset=None)  # bad options: one line, no Prefect
+        result = prepare_flow(data_root=str(layout.root), **flat(job))
     _print_dataset(layout, result["version"], built=result["built"])
     if "published" in result:
         console.print(f"published: {result['published']}")
@@ -132,60 +96,45 @@ def verify(
 
 
 @app.command()
+@with_options(TrainJob, EvalConfig, cli=True)
 def train(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option(help="Dataset version id, or latest.")] = "latest",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "auto",
-    steps: Annotated[int, typer.Option(help="Generator steps to train for.")] = 0,
-    epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = 0.0,
-    minutes: Annotated[float, typer.Option(help="Wall-clock budget.")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 128,
-    loss: Annotated[str, typer.Option(help="bce, hinge or wgan-gp.")] = "bce",
-    generator: Annotated[str, typer.Option(help="transposed or upsample.")] = "transposed",
-    width: Annotated[int, typer.Option(help="ngf = ndf (64 is the paper's DCGAN).")] = 64,
-    cache: Annotated[str, typer.Option(help="auto, none, host or device.")] = "auto",
-    city_temperature: Annotated[float, typer.Option(help="1 natural, 0 city-balanced.")] = 1.0,
-    skip_bad_shards: Annotated[
-        bool, typer.Option(help="Skip a missing or corrupt shard with a warning (else stop).")
-    ] = False,
-    nproc: Annotated[int, typer.Option(help="Processes (devices) via torchrun.")] = 1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[str, typer.Option(help="A run name or checkpoint.pt to continue.")] = "",
-    compile: Annotated[
-        bool, typer.Option(help="torch.compile G and D (eager, with a warning, if it fails).")
-    ] = False,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help=f"Named configuration under the options given: {', '.join(PRESET_NAMES)}. "
+            "cpu is the quickstart's, dcgan the paper's; auto picks cpu or gpu by device.",
+        ),
+    ] = "auto",
+    config: Annotated[
+        Path | None, typer.Option(help="YAML of option names to values (and `preset`).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved options and stop.")] = False,
+    **options: Any,
 ) -> None:
     """Train, render and evaluate on a dataset version; tracked in MLflow.
 
-    With --nproc > 1 it trains under torchrun without tracking or evaluation.
+    Options: explicit flags > --config file > --preset > defaults. With --nproc > 1 it
+    trains under torchrun without tracking or evaluation.
     """
-    layout: DataLayout = ctx.obj
-    options = dict(
-        dataset=dataset,
-        device=device,
-        steps=steps,
-        epochs=epochs,
-        minutes=minutes,
-        batch_size=batch_size,
-        loss=loss,
-        generator=generator,
-        width=width,
-        cache=cache,
-        city_temperature=city_temperature,
-        skip_bad_shards=skip_bad_shards,
-        seed=seed,
-        resume=resume,
-        compile=compile,
-    )
-    with _errors():
-        if nproc > 1:
-            from tasks.train import train_job, train_model
+    from tasks.jobs import PipelineJob
 
-            result = train_model(train_job(data_root=str(layout.root), nproc=nproc, **options))
+    layout: DataLayout = ctx.obj
+    with _errors():
+        resolved = resolve(PipelineJob, {**options, "source": ""}, preset, config)
+        job = replace(resolved.job, data_root=str(layout.root))
+        if dry_run:
+            console.print_json(json.dumps({**job.to_dict(), **asdict(resolved.evaluation)}))
+            return
+        if job.nproc > 1:
+            from tasks.train import train_model
+
+            result = train_model(job)
         else:
             from flows.train import train as train_flow
 
-            result = train_flow(source=None, data_root=str(layout.root), **options)
+            values = {**flat(job), **flat(resolved.evaluation)}
+            result = train_flow(source="", data_root=str(layout.root), **values)
     console.print(f"run {result['run']}: checkpoint {result['checkpoint']}")
     if "report" in result:
         console.print(
@@ -290,24 +239,24 @@ def ui(
 
 
 @app.command()
+@with_options(EvalConfig, cli=True)
 def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt from data/runs/<run>/.")],
     dataset: Annotated[str | None, typer.Option(help="Version to judge against.")] = None,
-    inception_weights: Annotated[
-        Path | None, typer.Option(help="Local Inception weights: enables FID and KID.")
-    ] = None,
-    samples: Annotated[int, typer.Option(help="Generated images to judge.")] = 2048,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "auto",
+    **options: Any,
 ) -> None:
     """Judge a checkpoint: evaluation.json and report.html beside it."""
     from tasks.evaluate import evaluate_checkpoint, summary_markdown
 
     layout: DataLayout = ctx.obj
     with _errors():
+        judge: EvalConfig = resolve(EvalConfig, options, preset=None)
         result = evaluate_checkpoint(
-            checkpoint, layout.root, dataset, inception_weights, samples, device=device
-        )
+            checkpoint, layout.root, dataset, judge.inception_weights or None,
+            judge.eval_samples, device=device,
+        )  # fmt: skip
     console.print(summary_markdown(result), highlight=False)
     console.print(f"written: {checkpoint.parent / 'evaluation.json'}, report.html")
 
@@ -315,7 +264,9 @@ def evaluate(
 @app.command()
 def quickstart(
     ctx: typer.Context,
-    minutes: Annotated[float, typer.Option(help="Training budget of the demo run.")] = 1.5,
+    minutes: Annotated[
+        float | None, typer.Option(help="Training budget of the demo run (default: preset cpu's).")
+    ] = None,
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
 ) -> None:
@@ -333,8 +284,10 @@ def quickstart(
         ]:
             console.print(f"[bold]starting {step}[/]")
             action()
-        console.print("[bold]running msls-train/msls-train[/] (synthetic MSLS, CPU-sized)")
-        params = {"data_root": str(layout.root.resolve()), "minutes": minutes}
+        console.print("[bold]running msls-train/msls-train[/] (synthetic MSLS, preset cpu)")
+        params = {"data_root": str(layout.root.resolve())}
+        if minutes is not None:
+            params["minutes"] = minutes
         services.run_training(params, timeout=1800)
     except (ServiceError, OSError, subprocess.TimeoutExpired) as exc:
         fail(f"{exc}; `msls stop` ends the services")

@@ -1,59 +1,30 @@
 """The msls-prepare flow: source -> catalog -> split -> shards -> a dataset version.
 
-Wiring only: each step is a task in tasks/, the work is in shards/.
+Wiring only: each step is a task in tasks/, the work is in shards/. Its parameters are
+the options of `tasks.jobs.PrepareJob` (derived by flows/options.py, never listed here).
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.options import resolve, with_options
 from shards.catalog import CatalogConfig
 from shards.dataset import DatasetPlan
-from shards.imaging import ShardConfig
 from shards.layout import DataLayout
-from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
+from shards.lock import prepare_lock
 from shards.parallel import cpu_count
-from shards.publish import check_url
-from shards.split import DEFAULT_HOLDOUT_CITIES, SplitConfig
-from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
 from shards.writer import ShardJob
 from tasks.catalog import catalog_task
+from tasks.jobs import PrepareJob
 from tasks.publish import publish_task
 from tasks.shard import finalize_task, write_shard_task
 from tasks.source import acquire_source_task
 from tasks.split import split_task
-
-
-def prepare_configs(
-    resolution: int = 64,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    shard_size: int = 5000,
-    include_panos: bool = False,
-    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
-    synthetic_images: int = 2000,
-    synthetic_cities: int = 8,
-) -> tuple[SplitConfig, ShardConfig, SyntheticConfig]:
-    """The step configs for these parameters; ValueError (one line) before any work."""
-    _check_msls_cities(holdout_cities)
-    split = SplitConfig(val_fraction=val_fraction, seed=seed, holdout_cities=tuple(holdout_cities))
-    shard = ShardConfig(resolution=resolution, shard_size=shard_size, include_panos=include_panos)
-    synthetic = SyntheticConfig(n_images=synthetic_images, n_cities=synthetic_cities, seed=seed)
-    return split, shard, synthetic
-
-
-def _check_msls_cities(cities: tuple[str, ...]) -> None:
-    """A misspelt held-out city would silently hold out nothing: refuse it up front."""
-    known = (*ALL_TRAIN_VAL_CITIES, *TEST_CITIES)
-    unknown = [c for c in cities if c not in known] if not isinstance(cities, str) else []
-    if unknown:
-        raise ValueError(
-            f"holdout_cities: unknown city {unknown[0]!r}; MSLS cities are {', '.join(known)}"
-        )
 
 
 @flow(name="msls-write-shards", task_runner=ThreadPoolTaskRunner(max_workers=cpu_count()))
@@ -83,64 +54,40 @@ def shard_runner(dask: str) -> TaskRunner:
     return DaskTaskRunner(address=dask)
 
 
-def check_scale_out(dask: str, publish: str) -> None:
-    """The `dask` and `publish` parameters; ValueError (one line) before any work."""
-    if dask and dask != "local" and not re.match(r"^(tcp|tls|inproc|ucx)://[^/\s]+$", dask):
-        raise ValueError(
-            f"dask must be '', 'local' or a scheduler address like tcp://host:8786, got {dask!r}"
-        )
-    if publish:
-        check_url(publish)
+def build_version(job: PrepareJob) -> dict:
+    """Build (or find) the dataset version of `job`; {version, path, built[, published]}.
+
+    Holds the data root's prepare lock throughout: a second prepare or re-shard on the
+    same root waits for this one (up to `job.lock_timeout` seconds), then finds the
+    version built. Call it inside a flow (its steps are Prefect tasks).
+    """
+    layout = DataLayout.at(job.data_root or None)
+    root = layout.root
+    with prepare_lock(layout, job.lock_timeout):
+        source_dir = acquire_source_task(job.source, root / "raw", job.synthetic)
+        catalog = catalog_task(source_dir, root, CatalogConfig())
+        plan: DatasetPlan = split_task(catalog, root, job.split, job.shard)
+        if not plan.complete:
+            write_shards.with_options(task_runner=shard_runner(job.dask))(
+                plan.jobs(Path(source_dir), job.shard)
+            )
+        version_dir = finalize_task(plan, root, catalog)
+    summary = {"version": plan.version, "path": str(version_dir), "built": not plan.complete}
+    if job.publish:
+        summary["published"] = publish_task(version_dir, job.publish)
+    return summary
 
 
 @flow(name="msls-prepare")
-def prepare(
-    source: str = "synthetic",
-    data_root: str | None = None,
-    resolution: int = 64,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    shard_size: int = 5000,
-    include_panos: bool = False,
-    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
-    synthetic_images: int = 2000,
-    synthetic_cities: int = 8,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-    dask: str = "",
-    publish: str = "",
-) -> dict:
-    """Build (or find) the dataset version for these parameters; return its summary.
+@with_options(PrepareJob)
+def prepare(data_root: str | None = None, **options) -> dict:
+    """Build (or find) the dataset version for these options; return its summary.
 
     `dask` runs the shard step on a Dask cluster (see `shard_runner`); `publish` uploads
     the finished version to an fsspec URL (s3://bucket/msls, ...) with LATEST last.
 
-    Holds the data root's prepare lock throughout: a second prepare or re-shard on the
-    same root waits for this one (up to its `lock_timeout` seconds), then finds the
-    version built.
+    Args:
+        data_root: Data root; default $MSLS_DATA, else ./data.
     """
-    split, shard, synthetic = prepare_configs(
-        resolution,
-        val_fraction,
-        seed,
-        shard_size,
-        include_panos,
-        holdout_cities,
-        synthetic_images,
-        synthetic_cities,
-    )
-    check_scale_out(dask, publish)
-    layout = DataLayout.at(data_root)
-    root = layout.root
-    with prepare_lock(layout, lock_timeout):
-        source_dir = acquire_source_task(source, root / "raw", synthetic)
-        catalog = catalog_task(source_dir, root, CatalogConfig())
-        plan: DatasetPlan = split_task(catalog, root, split, shard)
-        if not plan.complete:
-            write_shards.with_options(task_runner=shard_runner(dask))(
-                plan.jobs(Path(source_dir), shard)
-            )
-        version_dir = finalize_task(plan, root, catalog)
-    summary = {"version": plan.version, "path": str(version_dir), "built": not plan.complete}
-    if publish:
-        summary["published"] = publish_task(version_dir, publish)
-    return summary
+    job = resolve(PrepareJob, options, preset=None)
+    return build_version(replace(job, data_root=data_root or ""))

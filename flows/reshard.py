@@ -1,70 +1,47 @@
 """The msls-reshard flow (scheduled): rebuild the dataset if its inputs changed, then prune.
 
-Wiring only: `prepare` builds a new version only when the catalog or the parameters
-changed (otherwise it is a no-op returning the current version); the prune step keeps
-the newest `keep` versions, LATEST and every leased one (see shards/retention.py).
+Wiring only: the build is a no-op returning the current version unless the catalog or
+the options changed; the prune step keeps the newest `keep` versions, LATEST and every
+leased one (see shards/retention.py). Parameters: the options of `tasks.jobs.ReshardJob`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow, get_run_logger
 
-from flows.prepare import check_scale_out, prepare, prepare_configs
+from flows.options import resolve, with_options
+from flows.prepare import build_version
 from shards.layout import DataLayout
-from shards.lock import DEFAULT_LOCK_TIMEOUT, prepare_lock
-from shards.retention import check_keep, latest_version
-from shards.split import DEFAULT_HOLDOUT_CITIES
+from shards.lock import prepare_lock
+from shards.retention import latest_version
+from tasks.jobs import ReshardJob
 from tasks.retention import prune_task
 
 
 @flow(name="msls-reshard")
-def reshard(
-    source: str = "synthetic",
-    data_root: str | None = None,
-    keep: int = 3,
-    resolution: int = 64,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    shard_size: int = 5000,
-    include_panos: bool = False,
-    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
-    synthetic_images: int = 2000,
-    synthetic_cities: int = 8,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-    dask: str = "",
-    publish: str = "",
-) -> dict:
+@with_options(ReshardJob)
+def reshard(data_root: str | None = None, **options) -> dict:
     """Re-shard if needed, prune old versions; return {version, previous, changed, pruned}.
 
-    Prepare and prune run under one hold of the prepare lock, so a prepare started
+    Build and prune run under one hold of the prepare lock, so a prepare started
     meanwhile cannot slip between them (and have its staging directory pruned).
+
+    Args:
+        data_root: Data root; default $MSLS_DATA, else ./data.
     """
-    check_keep(keep)
-    params = {
-        "resolution": resolution,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "shard_size": shard_size,
-        "include_panos": include_panos,
-        "holdout_cities": tuple(holdout_cities),
-        "synthetic_images": synthetic_images,
-        "synthetic_cities": synthetic_cities,
-    }
-    prepare_configs(**params)  # ValueError (one line) before any work
-    check_scale_out(dask, publish)
+    job = replace(resolve(ReshardJob, options, preset=None), data_root=data_root or "")
     logger = get_run_logger()
-    layout = DataLayout.at(data_root)
-    root = str(layout.root)
-    with prepare_lock(layout, lock_timeout):
+    layout = DataLayout.at(job.data_root or None)
+    with prepare_lock(layout, job.lock_timeout):
         previous = latest_version(layout)
-        version = prepare(source=source, data_root=root, dask=dask, publish=publish, **params)[
-            "version"
-        ]
+        version = build_version(job)["version"]
         changed = version != previous
         if changed:
             logger.info("new version %s (was %s); LATEST moved", version, previous or "none")
         else:
             logger.info("no change: version %s is current", version)
-        pruned = prune_task(root, keep)
-    logger.info("pruned %d old version(s) (keep=%d): %s", len(pruned), keep, pruned or "none")
+        pruned = prune_task(str(layout.root), job.keep)
+    logger.info("pruned %d old version(s) (keep=%d): %s", len(pruned), job.keep, pruned or "none")
     return {"version": version, "previous": previous, "changed": changed, "pruned": pruned}

@@ -1,9 +1,12 @@
 """The msls-train flow: (prepare) -> train -> render -> evaluate -> track.
 
-Wiring only. With a `source`, the prepare flow runs first as a subflow (a no-op when
-the version for these parameters exists); without one, the given dataset version is
-used as it is. Training logs to MLflow as it goes; renders and the evaluation are
-attached to the same MLflow run, and the headline table becomes a Prefect artifact.
+Wiring only. Its parameters are the options of `tasks.jobs.PipelineJob` (derived by
+flows/options.py) plus a preset name: `prefect deployment run msls-train/msls-train
+-p preset=gpu -p minutes=30` sets just those two. With a `source`, the prepare flow runs
+first as a subflow (a no-op when the version for these options exists); with source
+"" the given dataset version is used as it is. Training logs to MLflow as it goes;
+renders and the evaluation are attached to the same MLflow run, and the headline table
+becomes a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -14,91 +17,40 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.prepare import prepare, prepare_configs
-from shards.split import DEFAULT_HOLDOUT_CITIES
+from flows.options import resolve, with_options
+from flows.prepare import prepare
+from shards.layout import DataLayout
+from shards.options import flat
 from tasks.evaluate import evaluate_task, summary_markdown
+from tasks.jobs import PipelineJob
+from tasks.presets import PRESET_NAMES
 from tasks.render import render_task
 from tasks.track import track_task
-from tasks.train import train_job, train_task
+from tasks.train import train_task
 
 
 @flow(name="msls-train")
-def train(
-    source: str | None = "synthetic",
-    dataset: str = "latest",
-    data_root: str | None = None,
-    resolution: int = 64,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    synthetic_images: int = 2000,
-    synthetic_cities: int = 8,
-    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES,
-    device: str = "auto",
-    steps: int = 0,
-    epochs: float = 0.0,
-    minutes: float = 2.0,
-    batch_size: int = 32,
-    loss: str = "bce",
-    generator: str = "transposed",
-    width: int = 16,
-    cache: str = "auto",
-    city_temperature: float = 1.0,
-    skip_bad_shards: bool = False,
-    resume: str = "",
-    compile: bool = False,
-    sample_every: int = 100,
-    eval_samples: int = 1024,
-    inception_weights: str | None = None,
-) -> dict:
+@with_options(PipelineJob)
+def train(preset: str = "auto", data_root: str | None = None, **options) -> dict:
     """Train and judge a DCGAN; returns the dataset version, MLflow run id and paths.
 
-    The defaults are sized for a 2-core CPU (width 16, batch 32, 2 minutes: ~4x the
-    steps of width 32 at batch 64, measured 1.9 vs 0.5 steps/s); on a GPU use
-    `width=64`, a larger batch and a longer budget.
+    Args:
+        preset: Named configuration under the options given (auto, cpu, gpu, dcgan).
+        data_root: Data root; default $MSLS_DATA, else ./data.
     """
-    root = data_root or "data"
-    prepare_configs(
-        resolution,
-        val_fraction,
-        seed,
-        holdout_cities=holdout_cities,
-        synthetic_images=synthetic_images,
-        synthetic_cities=synthetic_cities,
-    )
-    job = train_job(
-        data_root=root,
-        dataset=dataset,
-        device=device,
-        steps=steps,
-        epochs=epochs,
-        minutes=minutes,
-        batch_size=batch_size,
-        loss=loss,
-        generator=generator,
-        width=width,
-        cache=cache,
-        city_temperature=city_temperature,
-        skip_bad_shards=skip_bad_shards,
-        seed=seed,
-        resume=resume,
-        compile=compile,
-    )
-    if source is not None:
-        prepared = prepare(
-            source=source,
-            data_root=root,
-            resolution=resolution,
-            val_fraction=val_fraction,
-            seed=seed,
-            holdout_cities=holdout_cities,
-            synthetic_images=synthetic_images,
-            synthetic_cities=synthetic_cities,
-        )
+    pipeline = _pipeline(preset, data_root, options)
+    job, root = pipeline.job, pipeline.job.data_root
+    if pipeline.prepare.source:
+        prepared = prepare(data_root=root, **flat(pipeline.prepare))
         job = replace(job, dataset=prepared["version"])
-    trained = train_task(job, sample_every)
+    trained = train_task(job)
     checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
-    renders = render_task(checkpoint, root)
-    evaluation = evaluate_task(checkpoint, Path(root), None, inception_weights, eval_samples)
+    renders = render_task(checkpoint, root, device=job.device)
+    judge = pipeline.evaluation
+    evaluation = evaluate_task(
+        checkpoint, Path(root), None, judge.inception_weights or None, judge.eval_samples,
+        device=job.device,
+    )  # fmt: skip
     outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
     track_task(trained["mlflow_run_id"], outputs, None, root)
     create_markdown_artifact(
@@ -114,3 +66,16 @@ def train(
         "checkpoint": str(checkpoint),
         "report": str(run_dir / "report.html"),
     }
+
+
+def _pipeline(preset: str, data_root: str | None, options: dict) -> PipelineJob:
+    """The resolved job, its data root set (one-line ValueError before any work)."""
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+    pipeline = resolve(PipelineJob, options, preset)
+    root = str(DataLayout.at(data_root).root)
+    return replace(
+        pipeline,
+        prepare=replace(pipeline.prepare, data_root=root),
+        job=replace(pipeline.job, data_root=root),
+    )

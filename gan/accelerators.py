@@ -17,12 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gan.errors import AcceleratorError
+
 DEVICES = ("auto", "cpu", "cuda", "mps", "hpu")
 DDP_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl", "mps": "gloo"}
-
-
-class AcceleratorError(ValueError):
-    """The asked-for device is unknown or absent; the one-line message says what to do."""
 
 
 @dataclass(frozen=True)

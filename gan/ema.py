@@ -7,6 +7,7 @@ Averaged weights give visibly smoother, more stable samples than the last step's
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -19,8 +20,9 @@ class EMA:
     (10 + step)) at generator step `step` (TensorFlow's num_updates warm-up): a fixed
     0.999 would leave 82% of the random initial weights in the average after 200 steps,
     so a short run's samples would be mostly noise. Buffers (BatchNorm running
-    statistics) are copied, not averaged: they must match the weights they are used
-    with. Sample with `ema.model(z)`.
+    statistics) are copied, not averaged, and `recompute_batchnorm` replaces them with
+    statistics of the averaged weights themselves before the model is sampled or saved.
+    Sample with `ema.model(z)`.
     """
 
     def __init__(self, model: nn.Module, beta: float = 0.999) -> None:
@@ -39,6 +41,24 @@ class EMA:
         torch._foreach_lerp_(averaged, current, 1.0 - self.decay(step))  # one fused op for all
         for own, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             own.copy_(theirs)
+
+    @torch.no_grad()
+    def recompute_batchnorm(self, latents: Iterable[torch.Tensor]) -> None:
+        """BatchNorm running statistics of the averaged weights: reset, then a cumulative
+        average (momentum None) over the batch statistics of `latents` (each float
+        [B, nz]) in train mode. G's own running statistics were gathered with G's weights
+        along the way, so they misdescribe the average's activations."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+        self.model.train()
+        for z in latents:
+            self.model(z)
+        self.model.eval()
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
 
     def decay(self, step: int) -> float:
         """The averaging weight at `step`: warms up from 0.1 to `beta`."""

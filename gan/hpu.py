@@ -27,7 +27,7 @@ from types import ModuleType
 
 import torch
 
-from gan.accelerators import AcceleratorError
+from gan.errors import AcceleratorError
 
 INSTALL_HINT = (
     "--device hpu: habana_frameworks.torch is not installed; it is not on PyPI: install "

@@ -3,7 +3,13 @@
 Callbacks are how the outside world watches a run (MLflow, progress bars, sample
 grids) without `gan/` importing any of it. Every `log_every` steps the loop reads the
 device metrics once, measures throughput and the share of time spent waiting for data,
-and hands the numbers to every callback.
+checks the run's health (gan/health.py) and hands the numbers to every callback.
+
+A stats.jsonl line holds `step`, the trainer's METRICS (`loss_d`, `loss_g`, `d_real`,
+`d_fake`, `logit_gap`, `real_pos` in [0, 1], `ada_p`, `real_diversity`), `diversity` (of
+a fixed latent batch of EMA samples), `images_per_s`, `data_wait`, `seconds` (training
+time so far) and `health`, a list of warnings (empty when healthy). Callbacks get the
+same dict; `health` is its only non-number.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import torch.distributed as dist
 
 from gan.checkpoint import save_checkpoint
 from gan.distributed import all_mean
+from gan.health import health_warnings
 from gan.trainer import METRICS, Trainer
 from shards.atomic import remove_torn_writes, write_text
+from shards.options import option
 
 log = logging.getLogger("msls.train")
 
@@ -48,12 +56,15 @@ class Budget:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    log_every: int = option(50, "Steps between logged metrics (and progress updates).")
+    checkpoint_every: int = option(
+        1000, "Steps between checkpoints (one is also written at the end)."
+    )
+    sample_every: int = option(100, "Steps between fixed-noise sample grids.")
 
     def __post_init__(self) -> None:
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("log_every and checkpoint_every must be >= 1")
+        if min(self.log_every, self.checkpoint_every, self.sample_every) < 1:
+            raise ValueError("log_every, checkpoint_every and sample_every must be >= 1")
 
 
 class Callback(Protocol):
@@ -87,12 +98,13 @@ def fit(
         trim_stats(run_dir / "stats.jsonl", trainer.step)
         remove_torn_writes(run_dir)
     window = _Window(trainer.acc.device)
-    started = time.perf_counter()
+    started, before = time.perf_counter(), trainer.seconds  # a resumed run adds to its time
     while not _should_stop(budget, trainer.step, time.perf_counter() - started, loop, trainer):
         wait = time.perf_counter()
         strips = [next(batches)[0] for _ in range(trainer.config.d_steps)]
         window.add_wait(time.perf_counter() - wait, sum(s.shape[0] for s in strips))
         window.add(trainer.train_step(strips))
+        trainer.seconds = before + time.perf_counter() - started
         if trainer.step % loop.log_every == 0:
             metrics = window.flush(trainer)
             if trainer.world.is_main:
@@ -151,6 +163,7 @@ def _checkpoint(
     if dist.is_initialized():
         ranks = [None] * trainer.world.size
         dist.all_gather_object(ranks, mine)
+    trainer.refresh_ema_batchnorm()  # the saved EMA G carries statistics of its own weights
     state = {**trainer.state_dict(), "ranks": ranks, **(extra or {})}
     if trainer.world.is_main:
         save_checkpoint(path, state)
@@ -181,6 +194,12 @@ def _stats_step(line: str) -> float:
 
 
 def _log_metrics(run_dir: Path, trainer: Trainer, metrics: dict, callbacks) -> None:
+    metrics["health"] = health_warnings(metrics, trainer.loss)
+    for warning in metrics["health"]:
+        kind = warning.split(" (")[0]
+        if kind not in trainer.health:  # once per kind in the log; every line in stats
+            trainer.health[kind] = trainer.step
+            log.warning("step %d: %s", trainer.step, warning)
     with open(run_dir / "stats.jsonl", "a") as handle:
         handle.write(json.dumps({"step": trainer.step, **metrics}) + "\n")
     for callback in callbacks:
@@ -211,8 +230,10 @@ class _Window:
         means = all_mean(self.sums / max(self.steps, 1)).tolist()  # the one host sync
         seconds = time.perf_counter() - self.start
         metrics = dict(zip(METRICS, means))
+        metrics["diversity"] = trainer.sample_diversity()
         metrics["images_per_s"] = self.images * trainer.world.size / seconds
         metrics["data_wait"] = self.wait / seconds
+        metrics["seconds"] = trainer.seconds
         memory = trainer.acc.memory_bytes()
         if memory is not None:
             metrics["accelerator_memory_gb"] = memory / 1e9
@@ -239,6 +260,8 @@ class ProgressCallback:
             f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
             f"{metrics['images_per_s']:.0f} img/s data-wait {metrics['data_wait']:.0%}"
         )
+        if metrics.get("health"):
+            text += f" | WARNING: {metrics['health'][0]}"
         if self.bar is not None:
             self.bar.update(self.task, completed=trainer.step, description=text)
         else:

@@ -20,6 +20,8 @@ class GanLoss(Protocol):
 
     name: ClassVar[str]
     needs_gp: ClassVar[bool]  # the trainer adds gradient_penalty() to D's loss
+    # The real-minus-fake logit gap at which D has all but won (0: no such scale).
+    saturated_gap: ClassVar[float]
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor: ...
 
@@ -37,6 +39,7 @@ class BceLoss:
     label_smoothing: float = 0.0
     name: ClassVar[str] = "bce"
     needs_gp: ClassVar[bool] = False
+    saturated_gap: ClassVar[float] = 5.0  # sigmoid 0.92 on real, 0.08 on fake
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -58,6 +61,7 @@ class HingeLoss:
 
     name: ClassVar[str] = "hinge"
     needs_gp: ClassVar[bool] = False
+    saturated_gap: ClassVar[float] = 3.0  # both sides well past their margins of 1
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
@@ -72,6 +76,7 @@ class WassersteinLoss:
 
     name: ClassVar[str] = "wgan-gp"
     needs_gp: ClassVar[bool] = True
+    saturated_gap: ClassVar[float] = 0.0  # critic values have no fixed scale
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         return fake_logits.mean() - real_logits.mean()
@@ -110,3 +115,15 @@ def gradient_penalty(
         scores = critic(mixed).float()
     (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
     return weight * (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma / 2 * E[||grad_x D(x)||^2] on real images (Mescheder et al. 2018, "Which
+    Training Methods for GANs do actually Converge?").
+
+    real: D's input float [B, 3, R, R], made with requires_grad before D saw it;
+    real_logits: D's logits on it, float [B]. create_graph=True so the penalty's gradient
+    reaches D's weights. Called every k-th D step with gamma * k (StyleGAN2's lazy R1).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.float().flatten(1).square().sum(dim=1).mean()

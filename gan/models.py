@@ -9,6 +9,8 @@ Where this differs from pytorch/examples, on purpose:
 - One rule builds both resolutions: channels halve each time the resolution doubles.
   At 128 px G therefore starts at ngf*16 (4x4x1024) and D ends at ndf*16, one stage
   more than at 64 px (G 12,786,560 / D 11,164,416 parameters at the defaults).
+- spectral_norm=True wraps each of D's convs in a spectral-norm parametrisation (power
+  iteration buffers only: the parameter counts stay those above).
 - generator="upsample" swaps each stride-2 transposed conv for nearest x2 + 3x3 conv:
   fewer weights (G 2,371,136 at 64 px), no checkerboard artefacts.
 """
@@ -21,8 +23,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from shards.geometry import RESOLUTIONS
+from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
@@ -33,12 +37,20 @@ FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the 
 class ModelConfig:
     """The architecture; saved with every checkpoint and re-applied on load."""
 
-    resolution: int = 64  # 64 or 128 px, square
-    nz: int = 100  # latent size
-    ngf: int = 64  # generator width: channels of its last hidden stage
-    ndf: int = 64  # discriminator width: channels of its first stage
-    generator: str = "transposed"  # transposed | upsample (nearest + 3x3 conv: no checkerboard)
-    d_norm: str = "batch"  # batch | layer | none (WGAN-GP's per-sample penalty: not batch)
+    resolution: int = 64  # 64 or 128 px, square: the dataset's, never set by hand
+    nz: int = option(100, "Latent size.")
+    ngf: int = option(64, "G width: channels of its last hidden stage (the paper's 64).")
+    ndf: int = option(64, "D width: channels of its first stage (the paper's 64).")
+    generator: str = option(
+        "transposed", "G's upsampling: stride-2 transposed convs (the paper's), or nearest "
+        "x2 + 3x3 conv (no checkerboard).", choices=GENERATORS)  # fmt: skip
+    d_norm: str = option("batch", "D's normalisation (WGAN-GP's per-sample penalty needs "
+                         "layer or none).", choices=D_NORMS)  # fmt: skip
+    spectral_norm: bool = option(
+        False,
+        "Spectral normalisation of every D weight (Miyato et al. 2018): a 1-Lipschitz D "
+        "that cannot run away from G; usually with d_norm none and the hinge loss.",
+    )
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -167,8 +179,16 @@ def weights_init(module: nn.Module) -> None:
 
 
 def build_models(config: ModelConfig) -> tuple[Generator, Discriminator]:
-    """G and D for `config`, DCGAN-initialised, on the CPU in fp32."""
+    """G and D for `config`, DCGAN-initialised, on the CPU in fp32.
+
+    Spectral norm is applied after the init: it divides whatever weights D starts
+    with by their largest singular value, so the N(0, 0.02) draw still sets directions.
+    """
     generator, discriminator = Generator(config), Discriminator(config)
     generator.apply(weights_init)
     discriminator.apply(weights_init)
+    if config.spectral_norm:
+        for module in discriminator.modules():
+            if isinstance(module, nn.Conv2d):
+                spectral_norm(module)
     return generator, discriminator

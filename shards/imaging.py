@@ -17,6 +17,7 @@ import simplejpeg
 from PIL import Image
 
 from shards.geometry import RESOLUTIONS, strip_box, strip_size
+from shards.options import option
 from shards.photo import PhotoError, decode_photo, read_header, reduced, to_srgb
 
 # A strip enlarged more than this is mostly interpolation, blur that would teach G blur:
@@ -28,12 +29,12 @@ MAX_ENLARGEMENT = 4
 class ShardConfig:
     """How samples are cut and packed. Part of the dataset version id."""
 
-    resolution: int = 64  # train image side, pixels
+    resolution: int = option(64, "Training resolution, pixels (64 or 128).")
     strip_aspect: int = 2  # stored width = strip_aspect * resolution
     crop_fraction: float = 0.55  # crop side / photo height (original: 256 of 480 = 0.53)
     jpeg_quality: int = 95
-    shard_size: int = 5000  # samples per tar (~40 MB at 64 px)
-    include_panos: bool = False
+    shard_size: int = option(5000, "Samples per shard tar (~40 MB at 64 px).")
+    include_panos: bool = option(False, "Keep panoramas (dropped by default).")
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:

@@ -34,7 +34,8 @@ class DataLayout:
 
     @classmethod
     def at(cls, root: str | os.PathLike[str] | None = None) -> DataLayout:
-        return cls(Path(root).expanduser() if root is not None else default_data_root())
+        """The layout under `root`; None or "" means `$MSLS_DATA`, else ./data."""
+        return cls(Path(root).expanduser() if root not in (None, "") else default_data_root())
 
     @property
     def raw(self) -> Path:

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 from dataclasses import dataclass
 
+from shards.options import option
 from shards.parallel import cpu_count
 
 # Loader workers start from a clean server process, never by forking this one: training
@@ -26,11 +27,14 @@ MAX_AUTO_WORKERS = 8
 class LoaderConfig:
     """How a split becomes batches. Recorded with the run."""
 
-    cache: str = "auto"  # none: stream shards; host: decode once into RAM; device: into VRAM
-    workers: int = 0  # loader processes (and streams); 0 = cores, at most 8
-    city_temperature: float = 1.0  # p(city) ∝ n_city ** T: 1 natural, 0 uniform over cities
-    shuffle_buffer: int = 2000  # samples, per stream
-    skip_bad_shards: bool = False  # a missing or corrupt shard: False raises, True warns and skips
+    cache: str = option("auto", "none streams shards; host decodes the split once into RAM; "
+                        "device into accelerator memory; auto: device where it fits.",
+                        choices=CACHES)  # fmt: skip
+    workers: int = option(0, "Loader processes (and streams); 0 = one per core, at most 8.")
+    city_temperature: float = option(1.0, "p(city) ∝ n_city ** T: 1 natural, 0 city-balanced.")
+    shuffle_buffer: int = option(2000, "Streaming shuffle buffer, samples per stream.")
+    skip_bad_shards: bool = option(False, "A missing or corrupt shard: skip it with a warning "
+                                   "(else stop).")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.cache not in CACHES:

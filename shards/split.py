@@ -36,6 +36,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from shards.options import option
+
 SPLITS = ("train", "val", "ood")
 # MSLS's own val cities and its six test cities (folder names as in mapillary_sls's
 # `default_cities`): held out whole as out-of-distribution.
@@ -52,9 +54,12 @@ class SplitConfig:
     compare equal (a previous assignment is only carried over when they do).
     """
 
-    val_fraction: float = 0.1
-    seed: int = 0
-    holdout_cities: tuple[str, ...] = DEFAULT_HOLDOUT_CITIES
+    val_fraction: float = option(0.1, "Share of each city's images held out for validation.")
+    seed: int = option(0, "Split seed: which sequences go to val. Part of the dataset version.",
+                       name="split_seed")  # fmt: skip
+    holdout_cities: tuple[str, ...] = option(
+        DEFAULT_HOLDOUT_CITIES, "Cities held out whole as the out-of-distribution split."
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "val_fraction", _check_fraction(self.val_fraction))

@@ -37,6 +37,7 @@ from shards.cities import (
     TEST_CITIES,
     TRAIN_VAL_CENTRES,
 )
+from shards.options import option
 from shards.parallel import cpu_count
 from shards.progress import track
 from shards.streetscape import render_image
@@ -62,10 +63,11 @@ PATCH_SEED = 7_919  # added to the seed: redrawn pixels for the patch's members
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    n_images: int = 2000  # approximate total, across cities
-    n_cities: int = 8  # DEFAULT_CITIES first, then the rest of ALL_TRAIN_VAL_CITIES
+    n_images: int = option(2000, "Images in the synthetic source (approximate, all cities).",
+                           name="synthetic_images")  # fmt: skip
+    n_cities: int = option(8, "Cities in the synthetic source.", name="synthetic_cities")
     n_test_cities: int = 0  # cities under test/ (images, seq_info and subtask_index only)
-    seed: int = 0
+    seed: int = option(0, "Seed of the synthetic source's drawings.", name="synthetic_seed")
     images_per_volume: int = 900  # the default: 3 volumes; helsinki and sf span two each
     pano_fraction: float = 0.03
     night_fraction: float = 0.15

@@ -20,7 +20,6 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # on by default; DO_NOT_TRACK is ignored
 
@@ -36,11 +35,12 @@ from gan.trainer import Trainer
 from shards.atomic import write_text
 from shards.dataset import resolve_version
 from shards.layout import DataLayout, default_data_root
+from shards.options import flat
 from shards.provenance import code_version
-from tasks.train import TrainJob, _run_dir
+from shards.rundir import RunDir
+from tasks.jobs import TrainJob
 
 MODEL_NAME = "msls-dcgan"
-RUN_ID_FILE = "mlflow_run_id"
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
 log = logging.getLogger("msls.track")
@@ -78,16 +78,10 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
         return client.get_experiment_by_name(name).experiment_id
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"train": {"lr_g": 2e-4}} -> {"train.lr_g": "0.0002"} (MLflow params are strings)."""
-    flat: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:PARAM_LIMIT]
-    return flat
+def params_of(job: TrainJob) -> dict[str, str]:
+    """MLflow params: every option by its CLI/flow name, plus the dataset's resolution."""
+    values = {**flat(job), "resolution": job.model.resolution}
+    return {name: str(value)[:PARAM_LIMIT] for name, value in values.items()}
 
 
 def prefect_flow_run_id() -> str | None:
@@ -109,7 +103,7 @@ def pin_run(job: TrainJob) -> tuple[TrainJob, Path]:
     """
     layout = DataLayout.at(job.data_root)
     job = replace(job, dataset=resolve_version(layout, job.dataset))
-    run_dir = _run_dir(layout, job)
+    run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if not job.resume:
         job = replace(job, run=run_dir.name)
     return job, run_dir
@@ -117,7 +111,7 @@ def pin_run(job: TrainJob) -> tuple[TrainJob, Path]:
 
 def run_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow run id recorded in a run directory, or None if it was never tracked."""
-    path = Path(run_dir) / RUN_ID_FILE
+    path = RunDir(Path(run_dir)).mlflow_run_id
     return path.read_text().strip() or None if path.is_file() else None
 
 
@@ -150,10 +144,10 @@ class MlflowCallback:
             experiment = experiment_id(self.client, f"msls-{job.dataset}", job.data_root)
             run = self.client.create_run(experiment, run_name=self.run_dir.name)
             self.run_id = run.info.run_id
-            write_text(self.run_dir / RUN_ID_FILE, self.run_id + "\n")
+            write_text(RunDir(self.run_dir).mlflow_run_id, self.run_id + "\n")
         else:
             self.client.update_run(self.run_id, status="RUNNING")
-        self._log_params(flatten(job.to_dict()))
+        self._log_params(params_of(job))
         tags = {"dataset_version": job.dataset, "code_version": code_version()}
         flow_run = prefect_flow_run_id()
         if flow_run:
@@ -195,7 +189,11 @@ class MlflowCallback:
             return
         self._tag_trainer(trainer)
         now = mlflow.utils.time.get_current_time_millis()
-        batch = [Metric(k, float(v), now, trainer.step) for k, v in metrics.items()]
+        batch = [  # `health` is a list of warnings: the report shows it, not a curve
+            Metric(k, float(v), now, trainer.step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        ]
         self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:

@@ -9,7 +9,7 @@ from flows.train import train
 CASES = [
     ({"steps": -5}, r"steps must be >= 0"),
     ({"batch_size": 0}, r"batch_size"),
-    ({"width": -8}, r"ngf"),
+    ({"ngf": -8}, r"ngf"),
     ({"resolution": 96}, r"resolution must be one of"),
     ({"device": "tpu"}, r"unknown device 'tpu'"),
     ({"loss": "l2"}, r"unknown loss 'l2'"),

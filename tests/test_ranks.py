@@ -89,7 +89,7 @@ def test_too_small_for_the_ranks_is_one_line(one_shard):
 def test_the_cli_refuses_before_any_process_starts(one_shard):
     root = one_shard.path.parent.parent
     args = ["--data-root", str(root), "train", "--nproc", "2", "--device", "cpu",
-            "--steps", "2", "--batch-size", "64", "--width", "8"]  # fmt: skip
+            "--steps", "2", "--batch-size", "64", "--ngf", "8", "--ndf", "8"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [

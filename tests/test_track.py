@@ -17,8 +17,8 @@ from shards.provenance import code_version
 from tasks.track import (
     MODEL_NAME,
     MlflowCallback,
-    flatten,
     log_artifacts,
+    params_of,
     pin_run,
     run_id_of,
     tracking_uri,
@@ -62,14 +62,6 @@ def test_tracking_uri_is_the_data_roots_sqlite_store_unless_the_env_says(tmp_pat
     assert tracking_uri(tmp_path / "d") == "http://127.0.0.1:5000"
 
 
-def test_flatten_gives_dotted_string_params():
-    assert flatten({"a": 1, "b": {"c": (0.5, 0.9), "d": {"e": None}}}) == {
-        "a": "1",
-        "b.c": "(0.5, 0.9)",
-        "b.d.e": "None",
-    }
-
-
 def test_one_run_with_every_param_tag_and_metric(runs, client):
     root, first, run_id = runs.root, runs.first, runs.run_id
     assert (root / "mlflow.db").is_file()
@@ -83,10 +75,10 @@ def test_one_run_with_every_param_tag_and_metric(runs, client):
     assert len(named) == 1
 
     job = tiny_job(root, run="tracked", dataset=first["dataset"])
-    expected = flatten(replace(job, model=replace(job.model, resolution=64)).to_dict())
+    expected = params_of(replace(job, model=replace(job.model, resolution=64)))
     params = run.data.params
     assert set(expected) <= set(params)
-    assert params["train.batch_size"] == "8" and params["model.ngf"] == "8"
+    assert params["batch_size"] == "8" and params["ngf"] == "8" and params["resolution"] == "64"
     assert params["steps"] == "4"  # the first session's value stays...
     assert run.data.tags["resumed.steps"] == "6"  # ...and the resumed one is a tag
 

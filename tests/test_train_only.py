@@ -67,7 +67,7 @@ def test_msls_train_on_a_train_only_version_succeeds(prefect_api, trained, monke
     layout, _ = trained
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = ["--data-root", str(layout.root), "train", "--device", "cpu", "--steps", "2",
-            "--batch-size", "8", "--width", "8"]  # fmt: skip
+            "--batch-size", "8", "--ngf", "8", "--ndf", "8"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "report:" in result.output

@@ -1,0 +1,144 @@
+"""The jobs users run, each a tree of the step configs: every option is defined once.
+
+A job nests the configs of the steps it runs (`TrainJob.train` is a `TrainConfig`,
+`PrepareJob.split` a `SplitConfig`, ...) and adds its own few options. The fields
+declared with `shards.options.option` are what users set; `flows/options.py` derives
+the CLI flags and the Prefect flow parameters from them, and `to_dict` is what
+options.json and MLflow record. Rules between options live in each job's
+`__post_init__`, the one place they are checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from gan.accelerators import DEVICES, check_device
+from gan.loop import LoopConfig
+from gan.models import ModelConfig
+from gan.trainer import TrainConfig
+from shards.imaging import ShardConfig
+from shards.loader import LoaderConfig
+from shards.lock import DEFAULT_LOCK_TIMEOUT
+from shards.options import from_dict, option
+from shards.publish import check_url
+from shards.retention import check_keep
+from shards.split import SplitConfig
+from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """Source -> catalog -> split -> shards: the options that build a dataset version.
+
+    The split, shard and synthetic configs are the version's parameters (its id hashes
+    them and dataset.json records them); the rest says where from and how.
+    """
+
+    source: str = option("synthetic", "synthetic, a folder of MSLS zips, or a links file.")
+    dask: str = option("", "Shard on Dask: local, or a scheduler address tcp://host:port.")
+    publish: str = option("", "Upload the version to an fsspec URL (s3://bucket/msls, ...).")
+    lock_timeout: float = option(
+        DEFAULT_LOCK_TIMEOUT, "Seconds to wait for another prepare on this data root."
+    )
+    split: SplitConfig = field(default_factory=SplitConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data_root: str = ""  # "" = $MSLS_DATA, else ./data
+
+    def __post_init__(self) -> None:
+        _check_msls_cities(self.split.holdout_cities)
+        if self.dask and self.dask != "local" and not re.match(_SCHEDULER, self.dask):
+            raise ValueError(
+                f"dask must be '', 'local' or a scheduler address like tcp://host:8786, "
+                f"got {self.dask!r}"
+            )
+        if self.publish:
+            check_url(self.publish)
+
+
+_SCHEDULER = r"^(tcp|tls|inproc|ucx)://[^/\s]+$"
+
+
+@dataclass(frozen=True)
+class ReshardJob(PrepareJob):
+    """A prepare that also prunes: the scheduled msls-reshard deployment."""
+
+    keep: int = option(3, "Dataset versions to keep (LATEST and leased ones are never pruned).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_keep(self.keep)
+
+
+def _check_msls_cities(cities: tuple[str, ...]) -> None:
+    """A misspelt held-out city would silently hold out nothing: refuse it up front."""
+    known = (*ALL_TRAIN_VAL_CITIES, *TEST_CITIES)
+    unknown = [c for c in cities if c not in known]
+    if unknown:
+        raise ValueError(
+            f"holdout_cities: unknown city {unknown[0]!r}; MSLS cities are {', '.join(known)}"
+        )
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run: what to train on, where, for how long, with which configs."""
+
+    dataset: str = option("latest", "Dataset version id, or latest.")
+    device: str = option("auto", "Accelerator for training, renders and evaluation.",
+                         choices=DEVICES)  # fmt: skip
+    steps: int = option(0, "Generator steps to train for (0: use epochs or minutes).")
+    epochs: float = option(0.0, "Passes over the train split (0: use steps or minutes).")
+    minutes: float = option(0.0, "Wall-clock budget of training (0: use steps or epochs).")
+    nproc: int = option(1, "Processes (devices) via torchrun.")
+    resume: str = option("", "A run name or checkpoint.pt to continue.")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data_root: str = ""  # "" = $MSLS_DATA, else ./data
+    run: str = ""  # run directory name under data/runs (default: time + dataset version)
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise ValueError(f"nproc must be >= 1, got {self.nproc}")
+        for name in ("steps", "epochs", "minutes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_device(self.device)
+        if not (self.steps or self.epochs or self.minutes or self.resume):
+            raise ValueError("give --steps, --epochs or --minutes")
+        # WGAN-GP's penalty is per sample: its critic must not mix samples in BatchNorm.
+        if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
+            object.__setattr__(self, "model", replace(self.model, d_norm="layer"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainJob:
+        """Inverse of `to_dict`; unknown keys are rejected, not silently dropped."""
+        return from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a generator is judged (docs/EVALUATION.md)."""
+
+    eval_samples: int = option(2048, "Generated images each metric judges.")
+    inception_weights: str = option("", "Local Inception weights file: enables FID and KID.")
+
+    def __post_init__(self) -> None:
+        if self.eval_samples < 2:
+            raise ValueError(f"eval_samples must be >= 2, got {self.eval_samples}")
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """What the msls-train flow runs: prepare (when `source` is given), train, judge."""
+
+    prepare: PrepareJob = field(default_factory=PrepareJob)
+    job: TrainJob = field(default_factory=lambda: TrainJob(minutes=1.5))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)

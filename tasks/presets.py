@@ -1,0 +1,54 @@
+"""Named presets: whole configurations chosen once, selectable everywhere by name.
+
+A preset is a set of option values (names as in `--help`) laid over the defaults; what
+a user sets explicitly (a flag, a flow parameter, a key of `--config job.yaml`) wins
+over the preset. The CLI, the flows, prefect.yaml and the quickstart select presets by
+name instead of repeating numbers.
+
+- `dcgan`: Radford et al. (2015) as pytorch/examples runs it: the defaults of every
+  config (ngf = ndf = 64, batch 128, Adam 2e-4 / beta1 0.5, non-saturating BCE,
+  transposed-conv G) for pytorch/examples' 25 epochs. For faithful reproduction.
+- `cpu`: the configuration measured best at equal wall-clock on a 2-core CPU
+  (benchmarks/quality.py, results/quality-cpu.json): what the quickstart runs.
+- `gpu`: the paper's width at a batch that keeps an accelerator busy, reasoned from the
+  same evidence (see README, "Training").
+- `auto` (the default): `gpu` when the job's device resolves to an accelerator, else `cpu`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "dcgan": {"epochs": 25.0},
+    "cpu": {"ngf": 16, "ndf": 16, "batch_size": 32, "minutes": 1.5, "log_every": 20},
+    "gpu": {"batch_size": 256, "minutes": 10.0, "log_every": 100, "sample_every": 500},
+}
+PRESET_NAMES = ("auto", *PRESETS)
+
+
+def preset_values(name: str, device: str = "auto") -> dict[str, Any]:
+    """The option values of preset `name`; ValueError (one line) for an unknown name."""
+    if name == "auto":
+        from gan.accelerators import resolve_accelerator
+
+        name = "cpu" if resolve_accelerator(device).kind == "cpu" else "gpu"
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return dict(PRESETS[name])
+
+
+BUDGET = ("steps", "epochs", "minutes")
+
+
+def with_preset(name: str, values: Mapping[str, Any], known: set[str]) -> dict[str, Any]:
+    """`values` over preset `name`, keeping only the preset's options in `known`.
+
+    A budget given explicitly replaces the preset's whole budget: `--steps 100` on the
+    cpu preset means 100 steps, not "100 steps or 1.5 minutes, whichever comes first".
+    """
+    base = preset_values(name, values.get("device", "auto"))
+    if any(values.get(k) for k in BUDGET):
+        base = {k: v for k, v in base.items() if k not in BUDGET}
+    return {**{k: v for k, v in base.items() if k in known}, **values}
