@@ -19,7 +19,8 @@ def set_state(generator: torch.Generator, state: torch.Tensor) -> bool:
     try:
         generator.set_state(state.cpu())
         return True
-    except RuntimeError:  # "Expected a CPUGeneratorImplState of size 5056 but found 16", ...
+    except (RuntimeError, ValueError, TypeError):  # a layout not this backend's: CPU says
+        # "Expected a CPUGeneratorImplState of size 5056 but found 16"
         digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
         generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         return False
