@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint, save_checkpoint
+from gan.metrics import EvalConfig
 from shards.rng import set_state
 from tasks.evaluate import evaluate_checkpoint
 from tasks.train import train_model
@@ -84,6 +85,7 @@ def test_sample_interpolate_and_evaluate_take_a_cuda_checkpoint(root, tmp_path):
         result = CliRunner().invoke(app, [*base, *args, "--device", "cpu"])
         assert result.exit_code == 0, result.output
     evaluation = evaluate_checkpoint(
-        checkpoint, root, n_samples=16, out_dir=tmp_path / "eval", device="cpu", workers=1
-    )
+        checkpoint, root, config=EvalConfig(samples=16), out_dir=tmp_path / "eval",
+        device="cpu", workers=1,
+    )  # fmt: skip
     assert evaluation["step"] == 2

@@ -19,9 +19,10 @@ from shards.imaging import ShardConfig
 from shards.layout import DataLayout
 from shards.pipeline import prepare_dataset
 from shards.split import SplitConfig
-from tasks.evaluate import evaluate_checkpoint, summary_markdown
+from tasks.evaluate import evaluate_checkpoint
 from tasks.render import BY_CITY, INTERPOLATION, NEIGHBOURS, render_run
 from tasks.train import train_model
+from tasks.verdicts import summary_markdown
 from tests.msls_builder import two_city_source
 from tests.tiny import tiny_job
 

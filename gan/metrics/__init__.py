@@ -1,0 +1,20 @@
+"""Evaluation metrics: one module per metric behind a registry (stylegan2-ada's layout).
+
+- `registry`: `@register_metric`, the names with their protocols, metric-<name>.jsonl;
+- `inputs`: `EvalConfig` (the evaluation's options) and `EvalInputs` (what metrics see);
+- `sliced_wasserstein`, `inception`, `probe`, `copies`: the computations.
+
+Pure torch: no Prefect, no MLflow. docs/EVALUATION.md says what every number means.
+"""
+
+from gan.metrics.inputs import EvalConfig, EvalInputs
+from gan.metrics.registry import append_result, compute_metric, metric_names, register_metric
+
+__all__ = [
+    "EvalConfig",
+    "EvalInputs",
+    "append_result",
+    "compute_metric",
+    "metric_names",
+    "register_metric",
+]
