@@ -7,6 +7,7 @@ from it by index_select on the tensors' own device, so nothing waits on a loader
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -70,35 +71,34 @@ def load_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's samples of the split's shards (or of `shards`), decoded once.
 
-    Rank r keeps the samples whose position in the split (shard order) is r modulo
-    `world_size`, so every rank has data whatever the shard count, and all keep the
-    same number (the least any rank has). Every rank reads every shard (cheap: reading
-    costs ~1% of decoding) and decodes only its own samples.
+    Ranks split samples, not only shards, so every rank has data whatever the shard
+    count: with the shards in a fixed shuffled order (cities mixed), rank r takes
+    positions [r*q, (r+1)*q), q = samples // world_size, and reads only the shards that
+    overlap them. Every rank gets q samples (fewer only where a bad shard was skipped).
 
-    Returns uint8 [N,3,H,W] and int64 [N] on `device`, in shard order. Shards are read
-    (and, unless the target is CUDA, decoded) by `workers` processes (0: cores, at most
-    8); on CUDA the JPEGs are decoded by nvjpeg straight into accelerator memory.
+    Returns uint8 [N,3,H,W] and int64 [N] on `device` (one rank: in shard order). Shards
+    are read (and, unless the target is CUDA, decoded) by `workers` processes (0: cores,
+    at most 8); on CUDA the JPEGs are decoded by nvjpeg straight into accelerator memory.
     """
     device = torch.device(device)
     shards = version.shards(split) if shards is None else shards
-    urls = [version.url(s) for s in shards]
-    samples = [version.shard_samples(s) for s in shards]
-    offsets = [sum(samples[:i]) for i in range(len(samples))]
-    picks = [slice((rank - o) % world_size, None, world_size) for o in offsets]
+    picks = rank_share([version.shard_samples(s) for s in shards], shards, rank, world_size)
+    urls = [version.url(shards[i]) for i, _ in picks]
+    samples = [version.shard_samples(shards[i]) for i, _ in picks]
     width, height = version.strip_size
     on_gpu = device.type == "cuda"
     target = device if on_gpu else torch.device("cpu")
-    mine = sum(len(range(n)[p]) for n, p in zip(samples, picks))
+    mine = sum(len(range(n)[p]) for n, (_, p) in zip(samples, picks))
     images = torch.empty((mine, 3, height, width), dtype=torch.uint8, device=target)
     cls = torch.empty(mine, dtype=torch.int64)
-    files = _ShardFiles(urls, samples, picks, version.strip_size, decode=not on_gpu)
-    n, bad = 0, set()
-    for i, (part, labels, problem) in enumerate(_parts(files, workers, split)):
+    files = _ShardFiles(urls, samples, [p for _, p in picks], version.strip_size, not on_gpu)
+    n, skipped = 0, 0
+    for part, labels, problem in _parts(files, workers, split):
         if problem is not None:
             if not skip_bad_shards:
                 raise ValueError(problem)
             log.warning("skipping a bad shard: %s", problem)
-            bad.add(i)
+            skipped += 1
             continue
         if part is None:
             continue
@@ -108,14 +108,35 @@ def load_split(
         images[n : n + len(labels)] = part
         cls[n : n + len(labels)] = labels
         n += len(labels)
-    if bad:
-        lost = sum(samples[i] for i in bad)
+    if skipped:
         log.warning(
             "skipped %d of %d %s shards: %d of %d samples are missing from training",
-            len(bad), len(urls), split, lost, sum(samples),
+            skipped, len(urls), split, mine - n, mine,
         )  # fmt: skip
-    n = min(n, _least_per_rank(samples, bad, world_size))
     return images[:n].to(device), cls[:n].to(device)
+
+
+def rank_share(
+    samples: list[int], shards: list[str], rank: int, world_size: int
+) -> list[tuple[int, slice]]:
+    """(shard index, slice of its samples) of rank `rank`'s equal share of the split.
+
+    One rank: every shard whole, in order. Several: the shards in a fixed order shuffled
+    by a hash of their names (so a rank's share mixes cities instead of holding a few),
+    cut into `world_size` runs of sum(samples) // world_size positions.
+    """
+    if world_size == 1:
+        return [(i, slice(None)) for i in range(len(shards))]
+    order = sorted(range(len(shards)), key=lambda i: hashlib.sha1(shards[i].encode()).digest())
+    share = sum(samples) // world_size
+    start, stop = rank * share, (rank + 1) * share
+    picks, offset = [], 0
+    for i in order:
+        low, high = max(start, offset), min(stop, offset + samples[i])
+        if low < high:
+            picks.append((i, slice(low - offset, high - offset)))
+        offset += samples[i]
+    return picks
 
 
 def _parts(files: _ShardFiles, workers: int, split: str) -> Iterator:
@@ -134,19 +155,6 @@ def _parts(files: _ShardFiles, workers: int, split: str) -> Iterator:
         )
     )
     return track(parts, len(files), f"decoding {split} shards")
-
-
-def _least_per_rank(samples: list[int], bad: set[int], world_size: int) -> int:
-    """The fewest samples any rank keeps from the readable shards (every rank reads every
-    shard, so every rank knows which failed and computes the same number)."""
-    kept = [0] * world_size
-    offset = 0
-    for i, n in enumerate(samples):
-        if i not in bad:
-            for r in range(world_size):
-                kept[r] += len(range((r - offset) % world_size, n, world_size))
-        offset += n
-    return min(kept)
 
 
 def city_weights(cls: torch.Tensor, n_cities: int, temperature: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
+from shards.cache import rank_share
 from shards.catalog import CatalogConfig
 from shards.errors import DatasetError
 from shards.imaging import ShardConfig
@@ -77,6 +78,15 @@ def test_units_give_every_rank_its_own():
     assert split_units([10, 10, 10], 2) == (1, [(0, 0), (1, 0), (2, 0)])
     parts, units = split_units([1, 100], 4)  # a one-sample shard has one part only
     assert len(units) >= 4 and (0, 1) not in units and parts == 3
+
+
+def test_a_rank_reads_only_the_shards_of_its_share():
+    shards = [f"train/{city}/shard-{i:06d}.tar" for city in ("a", "b") for i in range(5)]
+    shares = [rank_share([10] * 10, shards, r, 4) for r in range(4)]
+    assert [sum(len(range(10)[p]) for _, p in share) for share in shares] == [25] * 4
+    assert all(len(share) <= 4 for share in shares)  # 25 samples: at most 4 of 10 shards
+    assert all({shards[i][6] for i, _ in share} == {"a", "b"} for share in shares)  # mixed
+    assert rank_share([10] * 10, shards, 0, 1) == [(i, slice(None)) for i in range(10)]
 
 
 def test_too_small_for_the_ranks_is_one_line(one_shard):
