@@ -53,11 +53,11 @@ from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 
-# Our arms: the gpu preset, and what it is measured against on the GPU.
+# Our arms: the gpu preset, and what it was chosen against on the GPU.
 ARMS: dict[str, dict] = {
-    "gpu-preset": {},  # label smoothing 0.1, upsample+conv G (the CPU sweep's winners)
-    "transposed": {"generator": "transposed"},  # the paper's G, cheaper per image
-    "diffaugment": {"diffaugment": "color,translation,cutout"},
+    "gpu-preset": {},  # label smoothing 0.1, upsample+conv G, DiffAugment
+    "smooth-upsample": {"diffaugment": ""},  # the CPU sweep's winners alone
+    "transposed": {"generator": "transposed", "diffaugment": ""},  # the paper's G: cheaper
 }
 
 
