@@ -9,9 +9,14 @@ name instead of repeating numbers.
   config (ngf = ndf = 64, batch 128, Adam 2e-4 / beta1 0.5, non-saturating BCE,
   transposed-conv G) for pytorch/examples' 25 epochs. For faithful reproduction.
 - `cpu`: the configuration measured best at equal wall-clock on a 2-core CPU
-  (benchmarks/quality.py, results/quality-cpu.json): what the quickstart runs.
-- `gpu`: the paper's width at a batch that keeps an accelerator busy, reasoned from the
-  same evidence (see README, "Training").
+  (benchmarks/quality.py, results/quality-cpu.json): width 16, batch 32, one-sided
+  label smoothing 0.1 and the upsample+conv G; what the quickstart runs.
+- `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
+  there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus
+  DiffAugment: measured on an H200 at equal wall-clock (benchmarks/gpu.py, 35 s an arm,
+  2 seeds; results/gpu-h200.json) it reached 1.12-1.18x the SWD floor, against
+  1.19-1.39 without it, 1.73-1.77 with the paper's transposed G (faster: 84k vs 47k
+  images/s at batch 1024) and 2.29-2.56 for the pytorch/examples recipe.
 - `auto` (the default): `gpu` when the job's device resolves to an accelerator, else `cpu`.
 """
 
@@ -22,8 +27,24 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "dcgan": {"epochs": 25.0},
-    "cpu": {"ngf": 16, "ndf": 16, "batch_size": 32, "minutes": 1.5, "log_every": 20},
-    "gpu": {"batch_size": 256, "minutes": 10.0, "log_every": 100, "sample_every": 500},
+    "cpu": {
+        "ngf": 16,
+        "ndf": 16,
+        "batch_size": 32,
+        "label_smoothing": 0.1,
+        "generator": "upsample",
+        "minutes": 1.5,
+        "log_every": 20,
+    },
+    "gpu": {
+        "batch_size": 256,
+        "label_smoothing": 0.1,
+        "generator": "upsample",
+        "diffaugment": "color,translation,cutout",
+        "minutes": 10.0,
+        "log_every": 100,
+        "sample_every": 500,
+    },
 }
 PRESET_NAMES = ("auto", *PRESETS)
 
