@@ -26,6 +26,7 @@ from gan.health import diversity
 from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
+from shards.rng import set_state
 
 # Per-step device metrics, averaged over each log interval. The loop adds `diversity`
 # and a `health` list of warnings (gan/health.py); the report reads them from stats.jsonl.
@@ -276,9 +277,10 @@ class Trainer:
         """This rank's random streams (each rank draws different noise)."""
         return {"rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
 
-    def load_rank_state(self, state: dict) -> None:
-        self.rng.set_state(state["rng"].cpu())
+    def load_rank_state(self, state: dict) -> bool:
+        """False where the noise stream came from another device type and was re-seeded."""
         torch.set_rng_state(state["torch_rng"].cpu())
+        return set_state(self.rng, state["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
