@@ -149,11 +149,11 @@ def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "")
     )
     trainer = Trainer(TrainConfig(batch_size=batch, compile=compile), ModelConfig(), accelerator)
     for _ in range(3):  # warm-up
-        trainer.train_step([next(batches)[0]])
+        trainer.train_step([next(batches)])
     accelerator.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step([next(batches)[0]])
+        trainer.train_step([next(batches)])
     accelerator.synchronize()
     seconds = time.perf_counter() - start
     return {

@@ -83,6 +83,24 @@ def latents(n: int, nz: int, seed: int, truncation: float | None = None) -> torc
     return z
 
 
+def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | None:
+    """G's labels for n samples: int64 [n] on the CPU, all `city` (a name of the
+    checkpoint's vocabulary) or, with no city, every city in turn; None when G is
+    unconditional. An unknown name raises ValueError listing the known ones."""
+    if not config.n_classes:
+        if city:
+            raise ValueError(
+                f"this checkpoint's generator is unconditional, so it cannot draw {city!r}; "
+                "train with --conditional city to sample by city"
+            )
+        return None
+    if not city:
+        return torch.arange(n) % config.n_classes
+    if city not in config.classes:
+        raise ValueError(f"unknown city {city!r}; this checkpoint knows: {', '.join(config.classes)}")
+    return torch.full((n,), config.classes.index(city), dtype=torch.int64)
+
+
 @torch.no_grad()
 def generate(
     G: Generator,
@@ -91,13 +109,25 @@ def generate(
     device: str | torch.device = "cpu",
     batch: int = 256,
     truncation: float | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n images from G: uint8 [n, 3, R, R] on the CPU. The same seed gives the same images."""
+    """n images from G: uint8 [n, 3, R, R] on the CPU. The same seed gives the same images.
+
+    A conditional G draws image i for class labels[i] (int64 [n]); without labels, every
+    class in turn (0, 1, .., K-1, 0, ..).
+    """
     if n < 0 or batch < 1:
         raise ValueError(f"need n >= 0 and batch >= 1, got n={n}, batch={batch}")
     z = latents(n, G.nz, seed, truncation)
-    chunks = z.split(batch) if n else [z]
-    return torch.cat([to_uint8(G(chunk.to(device))).cpu() for chunk in chunks])
+    if G.classes and labels is None:
+        labels = torch.arange(n) % G.classes
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} samples")
+    images = []
+    for start in range(0, n, batch) if n else [0]:
+        y = None if labels is None else labels[start : start + batch].to(device)
+        images.append(to_uint8(G(z[start : start + batch].to(device), y)).cpu())
+    return torch.cat(images)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
