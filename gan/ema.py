@@ -46,8 +46,9 @@ class EMA:
     def recompute_batchnorm(self, batches: Iterable[tuple[torch.Tensor, ...]]) -> None:
         """BatchNorm running statistics of the averaged weights: reset, then a cumulative
         average (momentum None) over the batch statistics of `batches` (each G's inputs:
-        (z float [B, nz],) or, conditional, (z, labels int64 [B])) in train mode. G's own running statistics were gathered with G's weights
-        along the way, so they misdescribe the average's activations."""
+        (z float [B, nz],) or, conditional, (z, labels int64 [B])) in train mode. G's own
+        running statistics were gathered with G's weights along the way, so they
+        misdescribe the average's activations."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [m.momentum for m in norms]
         for norm in norms:

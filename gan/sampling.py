@@ -97,7 +97,8 @@ def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | N
     if not city:
         return torch.arange(n) % config.n_classes
     if city not in config.classes:
-        raise ValueError(f"unknown city {city!r}; this checkpoint knows: {', '.join(config.classes)}")
+        known = ", ".join(config.classes)
+        raise ValueError(f"unknown city {city!r}; this checkpoint knows: {known}")
     return torch.full((n,), config.classes.index(city), dtype=torch.int64)
 
 

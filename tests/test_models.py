@@ -208,7 +208,7 @@ def test_conditional_shapes_and_labels_matter(resolution, kind):
 
 def test_conditional_models_demand_labels_and_unconditional_ones_refuse_them():
     conditional = ModelConfig(conditional="city", classes=CITIES, **SMALL)
-    generator, discriminator = build_models(conditional)
+    generator, _ = build_models(conditional)
     with pytest.raises(ValueError, match="conditional on 3 classes: pass labels"):
         generator(torch.randn(2, SMALL["nz"]))
     plain_g, _ = build_models(ModelConfig(**SMALL))
