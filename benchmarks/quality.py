@@ -36,10 +36,12 @@ from gan.metrics import swd
 from gan.models import Generator, ModelConfig, build_models
 from gan.render import image_grid, save_image
 from gan.sampling import generate, generator_from_state
+from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
 from tasks.evaluate import load_images
-from tasks.train import TrainJob, train_job, train_model
+from tasks.jobs import TrainJob
+from tasks.train import train_model
 
 RECIPE = "recipe"
 THREADS_NOTE = (
@@ -72,22 +74,21 @@ ARMS: dict[str, tuple[dict, dict]] = {
 
 def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
     """The TrainJob of `arm` for `seconds` of training, run directory sweep-<arm>-s<seed>."""
-    job = train_job(
-        str(data / "data"),
-        dataset=(data / "version").read_text().strip(),
-        device="cpu",
-        minutes=seconds / 60,
-        batch_size=32,
-        width=16,
-        seed=seed,
-    )
     train, model = ARMS[arm]
-    return replace(
-        job,
-        run=f"sweep-{arm}-s{seed}",
-        train=replace(job.train, **train),
-        model=replace(job.model, **model),
-    )
+    values = {
+        "dataset": (data / "version").read_text().strip(),
+        "device": "cpu",
+        "minutes": seconds / 60,
+        "batch_size": 32,
+        "ngf": 16,
+        "ndf": 16,
+        "log_every": 20,
+        "seed": seed,
+        **train,
+        **model,
+    }
+    job = build(TrainJob, values)
+    return replace(job, data_root=str(data / "data"), run=f"sweep-{arm}-s{seed}")
 
 
 def train_ours(data: Path, arm: str, seconds: float, seed: int) -> tuple[dict, Generator]:
