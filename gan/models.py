@@ -121,7 +121,9 @@ def _norm(channels: int, kind: str) -> nn.Module:
 
 
 class ConditionalBatchNorm2d(nn.Module):
-    """BatchNorm whose gain and bias are looked up per class: x [B, C, H, W], y int64 [B].
+    """BatchNorm whose gain and bias are looked up per class: x [B, C, H, W], y int64 [B],
+    or float [B, K] class weights, which mix the classes' gains and biases (how a walk
+    from one city to another morphs the same latent: Miyato & Koyama 2018, fig. 6).
 
     The statistics are shared by all classes (one BatchNorm without affine); only the
     affine part depends on the label, so a class costs 2C parameters per layer. Gains
@@ -136,7 +138,8 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.zeros_(self.embed.weight[:, channels:])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gain, bias = self.embed(y).to(x.dtype)[:, :, None, None].chunk(2, dim=1)
+        affine = y.float() @ self.embed.weight if y.is_floating_point() else self.embed(y)
+        gain, bias = affine.to(x.dtype)[:, :, None, None].chunk(2, dim=1)
         return self.norm(x) * gain + bias
 
 
@@ -148,8 +151,8 @@ def _check_labels(y: torch.Tensor | None, classes: int, model: str) -> None:
 
 
 class Generator(nn.Module):
-    """z float [B, nz] (and labels int64 [B] if conditional) -> images float [B, 3, R, R]
-    in [-1, 1].
+    """z float [B, nz] (and, if conditional, labels int64 [B] or class weights float
+    [B, K]) -> images float [B, 3, R, R] in [-1, 1].
 
     64 px (ngf=64): nz -> 4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3.
     128 px starts at 4x4x(ngf*16) and has one more stage.

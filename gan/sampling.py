@@ -83,23 +83,28 @@ def latents(n: int, nz: int, seed: int, truncation: float | None = None) -> torc
     return z
 
 
-def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | None:
-    """G's labels for n samples: int64 [n] on the CPU, all `city` (a name of the
-    checkpoint's vocabulary) or, with no city, every city in turn; None when G is
-    unconditional. An unknown name raises ValueError listing the known ones."""
+def city_index(config: ModelConfig, city: str) -> int:
+    """The label of `city` in a conditional checkpoint's vocabulary (its dataset's cities).
+
+    ValueError, one line: for an unconditional model, or a name listing the known ones.
+    """
     if not config.n_classes:
-        if city:
-            raise ValueError(
-                f"this checkpoint's generator is unconditional, so it cannot draw {city!r}; "
-                "train with --conditional city to sample by city"
-            )
-        return None
-    if not city:
-        return torch.arange(n) % config.n_classes
+        raise ValueError(
+            f"this checkpoint's generator is unconditional, so it cannot draw {city!r}; "
+            "train with --conditional city to sample by city"
+        )
     if city not in config.classes:
         known = ", ".join(config.classes)
         raise ValueError(f"unknown city {city!r}; this checkpoint knows: {known}")
-    return torch.full((n,), config.classes.index(city), dtype=torch.int64)
+    return config.classes.index(city)
+
+
+def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | None:
+    """G's labels for n samples: int64 [n] on the CPU, all `city` or, with no city, every
+    city in turn; None when G is unconditional and no city is asked for."""
+    if city:
+        return torch.full((n,), city_index(config, city), dtype=torch.int64)
+    return torch.arange(n) % config.n_classes if config.n_classes else None
 
 
 @torch.no_grad()
@@ -120,15 +125,28 @@ def generate(
     if n < 0 or batch < 1:
         raise ValueError(f"need n >= 0 and batch >= 1, got n={n}, batch={batch}")
     z = latents(n, G.nz, seed, truncation)
-    if G.classes and labels is None:
-        labels = torch.arange(n) % G.classes
+    if classes_of(G) and labels is None:
+        labels = torch.arange(n) % classes_of(G)
     if labels is not None and len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} samples")
     images = []
     for start in range(0, n, batch) if n else [0]:
-        y = None if labels is None else labels[start : start + batch].to(device)
-        images.append(to_uint8(G(z[start : start + batch].to(device), y)).cpu())
+        y = None if labels is None else labels[start : start + batch]
+        images.append(to_uint8(draw(G, z[start : start + batch], y, device)).cpu())
     return torch.cat(images)
+
+
+def classes_of(G: torch.nn.Module) -> int:
+    """Classes a generator is conditioned on; 0 for ours unconditional and for stand-ins
+    without the attribute (pytorch/examples' netG in the benchmarks, test doubles)."""
+    return getattr(G, "classes", 0)
+
+
+def draw(
+    G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device | str
+) -> torch.Tensor:
+    """G's float images of latents `z` (and `labels`, if any) moved to `device`."""
+    return G(z.to(device)) if labels is None else G(z.to(device), labels.to(device))
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
