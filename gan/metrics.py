@@ -37,6 +37,9 @@ class EvalInputs:
     val: torch.Tensor  # uint8 [M, 3, R, R], the val split (the reference)
     train: torch.Tensor  # uint8 [T, 3, R, R], a sample of the train split
     val_labels: torch.Tensor | None = None  # int64 [M] city index
+    train_labels: torch.Tensor | None = None  # int64 [T] city index
+    generated_labels: torch.Tensor | None = None  # int64 [N]: the city asked for (conditional)
+    city_names: tuple[str, ...] = ()  # dataset.json's cities: label i is city_names[i]
     val_groups: torch.Tensor | None = None  # int64 [M] sequence id; None: probe splits by index
     discriminator: nn.Module | None = None  # the trained D, eval mode
     random_discriminator: nn.Module | None = None  # same architecture, DCGAN init

@@ -27,7 +27,7 @@ from gan.accelerators import resolve_accelerator
 from gan.checkpoint import load_checkpoint
 from gan.metrics import EvalInputs, check_inception_weights, compute_metric, metric_names
 from gan.models import Discriminator, weights_init
-from gan.sampling import discriminator_from_state, generate, generator_from_state
+from gan.sampling import city_labels, discriminator_from_state, generate, generator_from_state
 from shards.atomic import write_text
 from shards.cache import load_split
 from shards.dataset import resolve_version
@@ -36,6 +36,7 @@ from shards.geometry import centre_window
 from shards.layout import DataLayout
 from shards.tar import read_shard
 from shards.version import DatasetVersion
+from tasks.city_report import city_headline, city_parts
 
 SCHEMA = 1
 VAL_MIN_IMAGES = 4096  # val images loaded at least (probe, SWD reference), if the split has them
@@ -85,13 +86,18 @@ def evaluate_checkpoint(
     val, val_labels, val_groups = load_images(
         version, "val", max(n_samples, VAL_MIN_IMAGES), workers
     )
-    train, _, _ = load_images(version, "train", max(n_samples, TRAIN_REFERENCE_IMAGES), workers)
+    train, train_labels, _ = load_images(
+        version, "train", max(n_samples, TRAIN_REFERENCE_IMAGES), workers
+    )
     log.info("evaluating on %d val and %d train images", len(val), len(train))
-    inputs = EvalInputs(
+    inputs = EvalInputs(  # a conditional G draws every city in turn
         generated=generate(generator, n_samples, SEED, accelerator.device),
         val=val,
         train=train,
         val_labels=val_labels,
+        train_labels=train_labels,
+        generated_labels=city_labels(config, n_samples),
+        city_names=tuple(version.cities),
         val_groups=val_groups,
         discriminator=discriminator,
         random_discriminator=_random_discriminator(config, accelerator.device),
@@ -231,7 +237,7 @@ def headline(metrics: dict) -> list[list]:
         ratio = div["ratio"] or 0.0
         verdict = "mode collapse" if ratio < 0.5 else "low diversity" if ratio < 0.8 else "ok"
         rows.append(["diversity", div["ratio"], 1.0, verdict])
-    return rows
+    return rows + city_headline(metrics)
 
 
 def summary_markdown(evaluation: dict) -> str:
@@ -267,8 +273,8 @@ def _png_grid(images: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-_GOOD = ("near the real floor", "beats", "no sign", "ok")
-_BAD = ("far from real", "collapse", "possible copies", "no better", "low diversity")
+_GOOD = ("near the real floor", "beats", "no sign", "ok", "recognised as asked")
+_BAD = ("far from real", "collapse", "possible copies", "no better", "low diversity", "not recog")
 
 
 def _cell(value) -> str:
@@ -365,6 +371,7 @@ def render_report(evaluation: dict, generated: torch.Tensor, val: torch.Tensor) 
             f"{probe['train_images']} probe-train / {probe['test_images']} probe-test val images."
             "</p>",
         ]
+    parts += city_parts(m, _table)
     details = "".join(
         f"<figure><figcaption><b>{name}</b></figcaption>"
         + _table(["", ""], [[k, v] for k, v in m[name].items() if k != "computed"])

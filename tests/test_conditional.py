@@ -3,6 +3,7 @@ walks within and between cities, the per-city grid, and the per-city metrics."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -13,10 +14,13 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint
+from gan.city_metrics import city_test, swd_city_val
+from gan.metrics import EvalInputs
 from gan.render import LABEL_WIDTH, city_morph_frames, image_grid, real_vs_fake_by_city
 from gan.sampling import city_labels, generate, load_generator
 from shards.layout import DataLayout
 from shards.version import DatasetVersion
+from tasks.evaluate import evaluate_checkpoint
 from tasks.train import train_model
 from tests.tiny import TINY_MODEL, build_dataset, tiny_job
 
@@ -118,3 +122,74 @@ def test_checkpoint_vocabulary_survives_the_round_trip(trained):
     state = load_checkpoint(checkpoint)
     assert list(state["job"]["model"]["classes"]) == CITIES
     assert state["job"]["model"]["conditional"] == "city"
+
+
+def _coloured(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [n, 3, 32, 32] noisy images whose dominant channel is their label (0..2)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 120, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    images[torch.arange(n), labels] += 120
+    return images, labels
+
+
+def test_city_test_recognises_generated_cities_only_when_they_look_like_them():
+    train, train_labels = _coloured(96, 3, 0)
+    val, val_labels = _coloured(30, 3, 1)
+    generated, asked = _coloured(30, 3, 2)
+    inputs = EvalInputs(
+        generated=generated, val=val, train=train, val_labels=val_labels,
+        train_labels=train_labels, generated_labels=asked, city_names=tuple(CITIES),
+    )  # fmt: skip
+    good = city_test(inputs)
+    assert good["val_accuracy"] > 0.9 and good["generated_accuracy"] > 0.9
+    assert set(good["generated_by_city"]) == set(CITIES) and good["chance"] == 1 / 3
+    inputs.generated_labels = (asked + 1) % 3  # every image drawn for the wrong city
+    assert city_test(inputs)["generated_accuracy"] < 0.1
+    inputs.generated_labels = None  # unconditional: no city was asked for
+    assert city_test(inputs)["generated_accuracy"] is None
+
+
+def _striped(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [n, 3, 32, 32]: label 0 horizontal stripes, 1 vertical, 2 plain noise.
+
+    (SWD normalises each descriptor set's colours, so the cities differ in structure.)"""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 60, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    stripes = (torch.arange(32) // 2 % 2 * 150).to(torch.uint8)
+    images[labels == 0] += stripes[:, None]
+    images[labels == 1] += stripes[None, :]
+    return images, labels
+
+
+def test_swd_by_city_compares_each_city_with_its_own_val_images():
+    train, train_labels = _striped(60, 0)
+    val, val_labels = _striped(30, 1)
+    generated, asked = _striped(30, 2)
+    inputs = EvalInputs(
+        generated=generated, val=val, train=train, val_labels=val_labels,
+        train_labels=train_labels, generated_labels=asked, city_names=tuple(CITIES),
+    )  # fmt: skip
+    right = swd_city_val(inputs)
+    assert set(right["cities"]) == set(CITIES) and right["conditional"]
+    assert all(c["images"] == 10 for c in right["cities"].values())
+    inputs.generated_labels = (asked + 1) % 3
+    wrong = swd_city_val(inputs)
+    for city in CITIES:  # another city's images are farther from this city's val images
+        assert wrong["cities"][city]["mean"] > 2 * right["cities"][city]["mean"]
+
+
+def test_evaluation_reports_per_city_metrics(trained, tmp_path):
+    root, checkpoint, _ = trained
+    evaluation = evaluate_checkpoint(
+        checkpoint, root, n_samples=30, out_dir=tmp_path, device="cpu", workers=1
+    )
+    metrics = evaluation["metrics"]
+    assert metrics["swd_city_val"]["computed"] and metrics["swd_city_val"]["conditional"]
+    assert set(metrics["city_test"]["generated_by_city"]) == set(CITIES)
+    assert "city_test" in [row[0] for row in evaluation["headline"]]
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["metrics"]["city_test"] == metrics["city_test"]
+    report = (tmp_path / "report.html").read_text()
+    assert "<h2>Per city</h2>" in report and "tokyo" in report

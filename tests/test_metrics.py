@@ -46,8 +46,11 @@ def noisy(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def test_registry_names_state_their_protocol():
+    import gan.city_metrics  # noqa: F401  (the per-city metrics register on import)
+
     assert metric_names() == [
-        "swd_val", "fid_val", "kid_val", "probe_city", "memorisation", "diversity"
+        "swd_val", "fid_val", "kid_val", "probe_city", "memorisation", "diversity",
+        "swd_city_val", "city_test",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metric("fid50k", EvalInputs(*(street_like(2, 0),) * 3))
