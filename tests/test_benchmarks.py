@@ -57,3 +57,20 @@ def test_quality_benchmark_trains_every_arm_for_equal_time_and_scores_it(tmp_pat
     assert result["val_images"] == 24 and result["floor"]["mean"] > 0
     assert set(result["swd_mean_by_config"]) == {"ours-b16", "ours-b32", "reference"}
     assert isinstance(result["ours_at_least_as_good"], bool)
+
+
+@pytest.mark.slow
+def test_conditional_benchmark_scores_both_arms_and_a_small_city(tmp_path, monkeypatch):
+    from benchmarks import conditional as conditional_bench
+
+    data = tmp_path / "bench"
+    run(train_bench, ["setup", "--images", "240", "--val-fraction", "0.2", "--out", str(data)],
+        monkeypatch)  # fmt: skip
+    out, grid = tmp_path / "conditional.json", tmp_path / "grid.png"
+    args = ["--data", str(data), "--seeds", "1", "--seconds", "3", "--few", "4"]
+    run(conditional_bench, [*args, "--out", str(out), "--grid", str(grid)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert set(result["arms"]) == {"unconditional", "conditional"}
+    assert 0 <= result["arms"]["conditional"]["recognised_mean"] <= 1
+    assert 0 < len(result["runs"][0]["swd_by_city"]) <= len(result["cities"])  # tiny val: some skip
+    assert result["few"]["runs"][0]["train_images"] == 4 and grid.stat().st_size > 0
