@@ -45,8 +45,11 @@ def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     return _train(job, run_dir, callbacks or [])
 
 
-def _launch(job: TrainJob, run_dir: Path) -> dict:
-    """Run this module under torchrun with one process per device; wait for it."""
+def _launch(job: TrainJob, run_dir: Path, args: tuple[str, ...] = ()) -> dict:
+    """Run this module under torchrun with one process per device; wait for it.
+
+    `args` go to every process's `main()` (`--tracked`: rank 0 tracks the run).
+    """
     job = replace(job, run=job.run or run_dir.name)  # every rank must find the same run dir
     job_file = RunDir(run_dir).job
     write_text(job_file, json.dumps(job.to_dict(), indent=2))
@@ -60,6 +63,7 @@ def _launch(job: TrainJob, run_dir: Path) -> dict:
         "tasks.train",
         "--job",
         str(job_file),
+        *args,
     ]
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
@@ -166,18 +170,32 @@ def _budget(job: TrainJob, version: DatasetVersion, world: World, step: int) -> 
 def train_tracked(job: TrainJob) -> dict:
     """`train_model` tracked in MLflow, with fixed-noise sample grids: what the flow runs.
 
-    Tracking runs in this process, so it covers single-process runs (`nproc` 1).
+    With `nproc > 1` this process creates the MLflow run and rank 0 of the torchrun
+    processes fills it (the same callbacks as one process); a failure marks it FAILED.
     """
-    from gan.render import SampleGridCallback
+    from tasks.progress import StatsProgress, TrainingProgress
     from tasks.track import MlflowCallback, pin_run, run_id_of
 
-    if job.nproc > 1:
-        raise ValueError("tracked training runs one process; use `msls train --nproc` untracked")
     job, run_dir = pin_run(job)
-    grids = SampleGridCallback(run_dir, job.loop.sample_every)
+    progress = TrainingProgress(job)  # a bar in the Prefect UI
     with MlflowCallback(job, run_dir) as tracker:  # a crash marks the MLflow run FAILED
-        result = train_model(job, [grids, tracker])
+        if job.nproc > 1 and world_from_env().size == 1:
+            with StatsProgress(progress, RunDir(run_dir).stats):
+                result = _launch(job, run_dir, ("--tracked",))
+        else:
+            result = train_model(job, [progress, *tracked_callbacks(job, run_dir, tracker)])
     return {**result, "mlflow_run_id": run_id_of(run_dir)}
+
+
+def tracked_callbacks(
+    job: TrainJob, run_dir: Path, tracker: Callback | None = None
+) -> list[Callback]:
+    """Sample grids every `loop.sample_every` steps, then MLflow (last: it uploads the grids)."""
+    from gan.render import SampleGridCallback
+    from tasks.track import MlflowCallback
+
+    tracker = tracker if tracker is not None else MlflowCallback(job, run_dir)
+    return [SampleGridCallback(run_dir, job.loop.sample_every), tracker]
 
 
 train_task = task(name="train")(train_tracked)
@@ -187,9 +205,11 @@ def main() -> None:
     """Entry point of each torchrun process."""
     parser = argparse.ArgumentParser(description="one process of a distributed msls training run")
     parser.add_argument("--job", required=True, type=Path)
+    parser.add_argument("--tracked", action="store_true", help="fill the run's MLflow run")
     args = parser.parse_args()
     job = TrainJob.from_dict(json.loads(args.job.read_text()))
-    train_model(job)
+    run_dir = args.job.parent
+    train_model(job, tracked_callbacks(job, run_dir) if args.tracked else None)
 
 
 if __name__ == "__main__":
