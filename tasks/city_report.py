@@ -37,6 +37,22 @@ def city_headline(metrics: dict) -> list[list]:
     return rows
 
 
+def city_numbers(metrics: dict) -> dict[str, float]:
+    """Per-city numbers as flat MLflow metric names: `swd_city_val.<city>` (SWD x1e3),
+    `swd_city_val.<city>.ratio` (to its floor), `city_test.<city>` (share of generated
+    images recognised as the city asked for)."""
+    numbers = {}
+    by_city = metrics.get("swd_city_val", {})
+    for city, entry in by_city.get("cities", {}).items() if by_city.get("computed") else ():
+        numbers[f"swd_city_val.{city}"] = entry["mean"]
+        if entry["ratio"] is not None:
+            numbers[f"swd_city_val.{city}.ratio"] = entry["ratio"]
+    test = metrics.get("city_test", {})
+    for city, share in (test.get("generated_by_city") or {}).items():
+        numbers[f"city_test.{city}"] = share
+    return numbers
+
+
 def city_parts(metrics: dict, table: Callable[[list[str], list[list]], str]) -> list[str]:
     """report.html's per-city section (heading, `table(headers, rows)`, note), or nothing
     when neither per-city metric was computed."""

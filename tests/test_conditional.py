@@ -20,6 +20,7 @@ from gan.render import LABEL_WIDTH, city_morph_frames, image_grid, real_vs_fake_
 from gan.sampling import city_labels, generate, load_generator
 from shards.layout import DataLayout
 from shards.version import DatasetVersion
+from tasks.city_report import city_numbers
 from tasks.evaluate import evaluate_checkpoint
 from tasks.train import train_model
 from tests.tiny import TINY_MODEL, build_dataset, tiny_job
@@ -193,3 +194,6 @@ def test_evaluation_reports_per_city_metrics(trained, tmp_path):
     assert saved["metrics"]["city_test"] == metrics["city_test"]
     report = (tmp_path / "report.html").read_text()
     assert "<h2>Per city</h2>" in report and "tokyo" in report
+    numbers = city_numbers(metrics)  # what MLflow gets as eval.<name> run metrics
+    assert {f"city_test.{c}" for c in CITIES} <= set(numbers)
+    assert {f"swd_city_val.{c}" for c in metrics["swd_city_val"]["cities"]} <= set(numbers)
