@@ -104,12 +104,19 @@ def preset_job(data: Path, run: str, seed: int, seconds: float, **values) -> Tra
     return replace(build(TrainJob, options), data_root=str(data / "data"), run=run)
 
 
-def run_arms(data: Path, judge: Judge, seeds: int, seconds: float) -> list[dict]:
+def run_name(arm: str, seed: int, seconds: float) -> str:
+    return f"cond-{arm}-s{seed}-{seconds:.0f}s"
+
+
+def run_arms(data: Path, judge: Judge, arms: list[str], seeds: int, seconds: float) -> list[dict]:
     runs = []
     for seed in range(seeds):  # seed-major: load from other work falls on both arms alike
-        for arm, values in ARMS.items():
-            result = train_model(preset_job(data, f"cond-{arm}-s{seed}", seed, seconds, **values))
-            record = {"arm": arm, "seed": seed, "steps": result["step"]}
+        for arm in arms:
+            values = ARMS[arm]
+            result = train_model(
+                preset_job(data, run_name(arm, seed, seconds), seed, seconds, **values)
+            )
+            record = {"arm": arm, "seed": seed, "steps": result["step"], "run": result["run"]}
             record["train_seconds"] = result["seconds"]
             record.update(judge.score(Path(result["checkpoint"])))
             runs.append(record)
@@ -158,7 +165,7 @@ def summarise(runs: list[dict], chance: float) -> dict:
     """Per arm: mean and stdev over seeds of the per-city SWD mean, its floor ratio and,
     conditional, the recognition rate and its multiple of chance."""
     table = {}
-    for arm in ARMS:
+    for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
         entry = {}
         for key in ("swd_city_mean", "swd_city_mean_ratio", "recognised", "steps"):
@@ -178,6 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("build/conditional"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated ARMS names")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="training time per run")
     parser.add_argument("--few", default="", help="train images of the cut city, e.g. 8,32,96")
     parser.add_argument("--grid", type=Path, default=Path("docs/conditional-by-city.png"))
@@ -188,9 +196,13 @@ def main() -> None:
         args.data / "data" / "datasets" / (args.data / "version").read_text().strip()
     )
     judge = Judge(version)
-    runs = run_arms(args.data, judge, args.seeds, args.seconds)
+    arms = args.arms.split(",")
+    if set(arms) - set(ARMS):
+        parser.error(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; known: {', '.join(ARMS)}")
+    runs = run_arms(args.data, judge, arms, args.seeds, args.seconds)
     chance = 1 / len(judge.cities)
-    G, _, _ = load_generator(args.data / "data" / "runs" / "cond-conditional-s0" / "checkpoint.pt")
+    first = next(r["run"] for r in runs if r["arm"] == "conditional")
+    G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
     real_vs_fake_by_city(G, version, args.grid, per_city=6)
     few = run_few(args.data, judge, [int(n) for n in args.few.split(",") if n], args.seconds)
     result = {
