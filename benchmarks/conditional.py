@@ -4,8 +4,8 @@ images can a city have?
 Goals (issue 16), on the synthetic source, the CPU preset (`tasks.presets`: width 16,
 batch 32, 1.5 minutes), 3 training seeds:
 - images generated for city c are classified as c at least 3x as often as chance, by a
-  small CNN trained on the train split (`gan.city_metrics.city_test`, GAN-test);
-- the conditional model's per-city SWD (generated for c vs val of c, `swd_city_val`) is
+  small CNN trained on the train split (`gan.metrics.by_city.city_test`, GAN-test);
+- the conditional model's per-city SWD (generated for c vs val of c, `city_swd_valwin`) is
   no worse than the unconditional model's (its samples vs val of c) at equal wall-clock.
 Both arms train as users do (`tasks.train.train_model`), seed-major, 1 torch thread.
 
@@ -29,9 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from gan.accelerators import resolve_accelerator
-from gan.city_metrics import predict_cities, swd_city_val, train_city_classifier
+from gan.metrics.by_city import city_swd_valwin, predict_cities, train_city_classifier
 from gan.loop import Budget, LoopConfig, fit
 from gan.metrics import EvalInputs
 from gan.render import real_vs_fake_by_city
@@ -41,7 +42,8 @@ from shards.cache import CachedBatches, load_split
 from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
-from tasks.evaluate import load_images
+from shards.geometry import centre_window
+from tasks.evaluate import load_strips
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 from tasks.train import train_model
@@ -55,12 +57,13 @@ class Judge:
 
     def __init__(self, version: DatasetVersion) -> None:
         self.version, self.cities = version, tuple(version.cities)
-        self.val, self.val_labels, _ = load_images(version, "val", 10**6, 0)
-        self.train, self.train_labels, _ = load_images(version, "train", 10**6, 0)
+        self.val, self.val_labels, _ = load_strips(version, "val", 10**6, 0)
+        self.train, self.train_labels, _ = load_strips(version, "train", 10**6, 0)
         started = time.perf_counter()
-        self.classifier = train_city_classifier(self.train, self.train_labels, len(self.cities))
+        centres = centre_window(self.train)
+        self.classifier = train_city_classifier(centres, self.train_labels, len(self.cities))
         self.classifier_seconds = round(time.perf_counter() - started, 1)
-        real = predict_cities(self.classifier, self.val)
+        real = predict_cities(self.classifier, centre_window(self.val))
         self.val_accuracy = float((real == self.val_labels).float().mean())
 
     def score(self, checkpoint: Path, train_labels: torch.Tensor | None = None) -> dict:
@@ -76,7 +79,7 @@ class Judge:
             generated=generated, val=self.val, train=train, val_labels=self.val_labels,
             train_labels=train_cls, generated_labels=labels, city_names=self.cities,
         )  # fmt: skip
-        by_city = swd_city_val(inputs)
+        by_city = city_swd_valwin(inputs)
         record = {
             "swd_by_city": {c: round(v["mean"], 2) for c, v in by_city["cities"].items()},
             "floor_by_city": {c: round(v["floor_mean"], 2) for c, v in by_city["cities"].items()},
@@ -203,7 +206,8 @@ def main() -> None:
     chance = 1 / len(judge.cities)
     first = next(r["run"] for r in runs if r["arm"] == "conditional")
     G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
-    real_vs_fake_by_city(G, version, args.grid, per_city=6)
+    grid = real_vs_fake_by_city(G, version, args.grid, per_city=4)
+    Image.open(grid).quantize(128).save(grid, optimize=True)  # small enough to commit
     few = run_few(args.data, judge, [int(n) for n in args.few.split(",") if n], args.seconds)
     result = {
         "benchmark": "conditional",

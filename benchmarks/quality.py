@@ -2,16 +2,18 @@
 
 Named configurations (ARMS) each train from scratch for the same wall-clock on the same
 train photos, several seeds each; each EMA generator then draws as many images as the
-val split holds, scored by SWD (`gan.metrics.swd`, x 1e3, lower is better) against val,
-and divided by the real-vs-real floor (train vs val): 1 is as good as real photos.
+val split holds, scored by SWD (x 1e3, lower is better) against training-style val
+windows, and divided by the real-vs-real floor (train vs val windows): 1 is as good as real.
 - Our arms run `msls train --minutes` as users do (`tasks.train.train_model`: shards,
   the loader, the EMA generator with its own BatchNorm statistics).
 - "recipe" is pytorch/examples' DCGAN (`benchmarks.train`: ImageFolder on the full-size
   JPEGs, fp32, width 64, batch 128, Adam 2e-4), for the same wall-clock, loader start
   included, scored with BatchNorm in eval and in train mode (keeping the better).
 Arms run seed-major (every arm's seed 0, then every arm's seed 1, ...), so load from
-other work on a shared machine falls on all arms alike. Each run's checkpoint and a
-sample grid stay under <data>/data/runs/sweep-<arm>-s<seed>/.
+other work on a shared machine falls on all arms alike. Each run's checkpoint (the
+recipe's generator.pt) and a sample grid stay under <data>/data/runs/sweep-<arm>-s<seed>/,
+and its record in a JSONL file: training and scoring are separate phases, so a sweep
+that stops picks up where it stopped, and a changed judge only rescores.
 
     python -m benchmarks.train setup --images 2000 --val-fraction 0.1 --out build/quality
     python -m benchmarks.quality --data build/quality --seconds 90 --seeds 3
@@ -31,15 +33,16 @@ from pathlib import Path
 import torch
 
 from benchmarks.train import forever, imagefolder_loader, reference_step
-from gan.checkpoint import load_checkpoint
-from gan.metrics import swd
+from gan.checkpoint import load_checkpoint, save_checkpoint
+from gan.metrics.sliced_wasserstein import swd_against_real
 from gan.models import Generator, ModelConfig, build_models
 from gan.render import image_grid, save_image
 from gan.sampling import generate, generator_from_state
+from shards.atomic import write_text
 from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
-from tasks.evaluate import load_images
+from tasks.evaluate import load_strips
 from tasks.jobs import TrainJob
 from tasks.train import train_model
 
@@ -48,6 +51,11 @@ THREADS_NOTE = (
     "On 2 cores shared with other work, 2 intra-op threads ran the width-16 step at 1.5 "
     "steps/s and 1 thread at 7.0 (threads spin waiting for a busy core), so the sweep "
     "runs every arm with 1 thread."
+)
+PROTOCOL = (
+    "EMA G (the recipe: its G, better BatchNorm mode), --samples images, SWD vs "
+    "training-style val windows / train-vs-val window floor (swd_against_real, as msls "
+    "evaluate scores)"
 )
 DIFFAUGMENT = "color,translation,cutout"
 # name -> (TrainConfig changes, ModelConfig changes) on top of the old CPU quickstart
@@ -91,17 +99,18 @@ def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
     return replace(job, data_root=str(data / "data"), run=f"sweep-{arm}-s{seed}")
 
 
-def train_ours(data: Path, arm: str, seconds: float, seed: int) -> tuple[dict, Generator]:
-    """(record, EMA generator) after `seconds` of `msls train --minutes` with `arm`."""
+def run_dir(data: Path, arm: str, seed: int) -> Path:
+    return data / "data" / "runs" / f"sweep-{arm}-s{seed}"
+
+
+def train_ours(data: Path, arm: str, seconds: float, seed: int) -> dict:
+    """The record of `seconds` of `msls train --minutes` with `arm` (G: its checkpoint)."""
     job = arm_job(data, arm, seconds, seed)
     load, start = os.getloadavg()[0], time.perf_counter()
     result = train_model(job)
     wall = time.perf_counter() - start
-    state = load_checkpoint(Path(result["checkpoint"]))
-    generator, _ = generator_from_state(state, torch.device("cpu"))
-    stats = Path(result["run_dir"]) / "stats.jsonl"
-    last = json.loads(stats.read_text().splitlines()[-1])
-    record = {
+    last = json.loads((Path(result["run_dir"]) / "stats.jsonl").read_text().splitlines()[-1])
+    return {
         "arm": arm,
         "seed": seed,
         "seconds": round(wall, 1),
@@ -112,11 +121,11 @@ def train_ours(data: Path, arm: str, seconds: float, seed: int) -> tuple[dict, G
         "final": {k: round(last[k], 4) for k in ("logit_gap", "real_pos", "ada_p", "diversity")},
         "final_real_diversity": round(last["real_diversity"], 4),
     }
-    return record, generator
 
 
-def train_recipe(folder: Path, seconds: float, seed: int) -> tuple[dict, Generator]:
-    """(record, G) after `seconds` of the pytorch/examples recipe, loader start included."""
+def train_recipe(folder: Path, seconds: float, seed: int, out: Path) -> dict:
+    """The record of `seconds` of the pytorch/examples recipe, loader start included;
+    its G is saved to `out`/generator.pt."""
     load, start = os.getloadavg()[0], time.perf_counter()
     torch.manual_seed(seed)
     netG, netD = build_models(ModelConfig())
@@ -128,21 +137,44 @@ def train_recipe(folder: Path, seconds: float, seed: int) -> tuple[dict, Generat
         reference_step(netG, netD, optG, optD, next(batches)[0], netG.nz)
         steps += 1
     wall = time.perf_counter() - start
+    save_checkpoint(out / "generator.pt", {"G": netG.state_dict()})
     record = {"arm": RECIPE, "seed": seed, "seconds": round(wall, 1), "steps": steps}
-    return {**record, "load_average_before": round(load, 2)}, netG
+    return {**record, "load_average_before": round(load, 2)}
 
 
-def score(G: Generator, val: torch.Tensor, floor: float, recipe: bool) -> dict:
-    """SWD of len(val) EMA images (fixed latents) against val, and its ratio to the floor;
-    the recipe keeps the better of BatchNorm's eval and train modes."""
+def trained_generator(data: Path, arm: str, seed: int) -> Generator | None:
+    """The generator a run left (ours: the EMA G of its checkpoint), None if absent."""
+    folder = run_dir(data, arm, seed)
+    path = folder / ("generator.pt" if arm == RECIPE else "checkpoint.pt")
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if arm != RECIPE:
+        return generator_from_state(state, torch.device("cpu"))[0]
+    generator = Generator(ModelConfig())
+    generator.load_state_dict(state["G"])
+    return generator
+
+
+def score(G: Generator, strips: dict[str, torch.Tensor], samples: int, recipe: bool) -> dict:
+    """SWD of `samples` EMA images (fixed latents) against training-style val windows, as
+    `msls evaluate` scores it (`swd_against_real`), and its ratio to the floor; the recipe
+    keeps the better of BatchNorm's eval and train modes."""
     results = {}
     for mode in ("eval", "train") if recipe else ("eval",):
         G.train(mode == "train")
-        results[mode] = swd(generate(G, len(val), 0, torch.device("cpu")), val, 0)
+        fake = generate(G, samples, 0, torch.device("cpu"))
+        results[mode] = swd_against_real(fake, strips["val"], strips["train"])
     best = min(results, key=lambda mode: results[mode]["mean"])
     G.eval()
-    mean = results[best]["mean"]
-    return {"swd": round(mean, 2), "ratio": round(mean / floor, 2), "bn_mode": best}
+    result = results[best]
+    return {
+        "swd": round(result["mean"], 2),
+        "floor": round(result["floor_mean"], 2),
+        "ratio": round(result["ratio"], 2),
+        "bn_mode": best,
+        "scored_with": PROTOCOL,
+    }
 
 
 def save_grid(G: Generator, path: Path) -> None:
@@ -151,7 +183,9 @@ def save_grid(G: Generator, path: Path) -> None:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Per arm: mean and spread (stdev) over seeds of the ratio to the floor, steps."""
+    """Per arm: mean, spread (stdev) and range over seeds of the ratio to the floor, and
+    steps; the best arm, and whether it beats the recipe beyond the seeds' spread (its
+    worst seed better than the recipe's best)."""
     table = {}
     for arm in dict.fromkeys(run["arm"] for run in runs):
         ratios = [run["ratio"] for run in runs if run["arm"] == arm]
@@ -159,10 +193,69 @@ def summarise(runs: list[dict]) -> dict:
         table[arm] = {
             "ratio_mean": round(statistics.fmean(ratios), 2),
             "ratio_stdev": round(statistics.stdev(ratios), 2) if len(ratios) > 1 else None,
+            "ratio_range": [min(ratios), max(ratios)],
             "steps_mean": round(statistics.fmean(steps)),
             "seeds": len(ratios),
         }
-    return table
+    ours = [arm for arm in table if arm != RECIPE]
+    best = min(ours, key=lambda arm: table[arm]["ratio_mean"]) if ours else None
+    summary: dict = {"arms": table, "best": best}
+    if best and RECIPE in table:
+        summary["best_beats_recipe_beyond_spread"] = (
+            table[best]["ratio_range"][1] < table[RECIPE]["ratio_range"][0]
+        )
+    return summary
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table of a sweep: one row per arm, best first."""
+    rows = sorted(result["arms"].items(), key=lambda item: item[1]["ratio_mean"])
+    lines = [
+        f"| arm ({result['seconds_per_run']:g} s each) | SWD / floor, mean ± sd | range | steps |",
+        "|---|---|---|---|",
+    ]
+    for arm, row in rows:
+        low, high = row["ratio_range"]
+        spread = f" ± {row['ratio_stdev']}" if row["ratio_stdev"] is not None else ""
+        lines.append(
+            f"| {arm} | {row['ratio_mean']}{spread} | {low}-{high} | {row['steps_mean']} |"
+        )
+    return "\n".join(lines)
+
+
+def _finished(records: Path, data: Path) -> dict[tuple[str, int], dict]:
+    """(arm, seed) -> record of the runs a records file holds whose generator is on disk."""
+    if not records.is_file():
+        return {}
+    lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    return {
+        (line["arm"], line["seed"]): line
+        for line in lines
+        if (run_dir(data, line["arm"], line["seed"]) / _generator_file(line["arm"])).is_file()
+    }
+
+
+def _generator_file(arm: str) -> str:
+    return "generator.pt" if arm == RECIPE else "checkpoint.pt"
+
+
+def _train(args: argparse.Namespace, arms: list[str], records: Path) -> list[dict]:
+    """Train every (seed, arm) the records file lacks, seed-major; return all records."""
+    done = _finished(records, args.data)
+    runs = []
+    for seed in range(args.seeds):  # seed-major: machine load hits every arm alike
+        for arm in arms:
+            if (arm, seed) not in done:
+                if arm == RECIPE:
+                    out = run_dir(args.data, arm, seed)
+                    record = train_recipe(args.data / "imagefolder", args.seconds, seed, out)
+                else:
+                    record = train_ours(args.data, arm, args.seconds, seed)
+                done[arm, seed] = record
+                write_text(records, "".join(json.dumps(r) + "\n" for r in done.values()))
+                print(json.dumps(record), flush=True)
+            runs.append(done[arm, seed])
+    return runs
 
 
 def main() -> None:
@@ -171,32 +264,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="wall-clock per run")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated ARMS names")
+    parser.add_argument("--samples", type=int, default=1024, help="generated images per SWD")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: see THREADS_NOTE)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality-cpu.json"))
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="JSONL of finished runs (default: <data>/sweep-<seconds>s.jsonl): runs already "
+        "there (with their generator on disk) are scored, not trained again, so an "
+        "interrupted sweep picks up where it stopped and a new protocol only rescores",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         parser.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    records = args.records or args.data / f"sweep-{args.seconds:g}s.jsonl"
+    runs = _train(args, arms, records)
     root = args.data / "data"
     version = DatasetVersion(root / "datasets" / (args.data / "version").read_text().strip())
-    val = load_images(version, "val", 10**6, 0)[0]
-    train = load_images(version, "train", 10**6, 0)[0][: len(val)]
-    floor = swd(train, val, 0)["mean"]
-    runs = []
-    for seed in range(args.seeds):  # seed-major: machine load hits every arm alike
-        for arm in arms:
-            if arm == RECIPE:
-                record, G = train_recipe(args.data / "imagefolder", args.seconds, seed)
-            else:
-                record, G = train_ours(args.data, arm, args.seconds, seed)
-            record.update(score(G, val, floor, arm == RECIPE))
-            save_grid(G, root / "runs" / f"sweep-{arm}-s{seed}" / "grid.png")
-            runs.append(record)
-            print(json.dumps(record), flush=True)
+    strips = {split: load_strips(version, split, 10**6, 0)[0] for split in ("val", "train")}
+    for run in runs:
+        G = trained_generator(args.data, run["arm"], run["seed"])
+        run.update(score(G, strips, args.samples, run["arm"] == RECIPE))
+        save_grid(G, run_dir(args.data, run["arm"], run["seed"]) / "grid.png")
     result = {
         "benchmark": "quality-sweep",
         "machine": {
@@ -210,15 +304,15 @@ def main() -> None:
         "threads_note": THREADS_NOTE,
         "seconds_per_run": args.seconds,
         "order": "seed-major: every arm's seed 0, then every arm's seed 1, ...",
-        "val_images": len(val),
-        "floor_swd": round(floor, 2),
-        "protocol": "EMA G, len(val) images, SWD vs val centre windows / train-vs-val floor",
-        "arms": summarise(runs),
+        "val_strips": len(strips["val"]),
+        "samples": args.samples,
+        "protocol": PROTOCOL,
+        **summarise(runs),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["arms"], indent=2))
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(markdown_table(result))
 
 
 if __name__ == "__main__":

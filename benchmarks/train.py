@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -138,7 +139,15 @@ def run_reference(folder: Path, device: str, steps: int, workers: int) -> dict:
     }
 
 
-def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "") -> dict:
+def run_ours(
+    data: Path,
+    device: str,
+    steps: int,
+    batch: int,
+    train: TrainConfig = TrainConfig(),
+    model: ModelConfig = ModelConfig(),
+) -> dict:
+    """Our trainer's images/s on the train split held on the device (as `--cache device`)."""
     accelerator = resolve_accelerator(device)
     version = DatasetVersion(data / "data" / "datasets" / (data / "version").read_text().strip())
     images, cls = load_split(version, "train", device=accelerator.device)
@@ -147,8 +156,8 @@ def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "")
     batches = CachedBatches(
         images, cls, len(version.cities), LoaderConfig(), batch_size=batch, generator_seed=0
     )
-    trainer = Trainer(TrainConfig(batch_size=batch, compile=compile), ModelConfig(), accelerator)
-    for _ in range(3):  # warm-up
+    trainer = Trainer(replace(train, batch_size=batch), model, accelerator)
+    for _ in range(3):  # warm-up (and, with a CUDA graph, its capture)
         trainer.train_step([next(batches)])
     accelerator.synchronize()
     start = time.perf_counter()
@@ -158,7 +167,8 @@ def run_ours(data: Path, device: str, steps: int, batch: int, compile: str = "")
     seconds = time.perf_counter() - start
     return {
         "batch": batch,
-        "compile": compile if trainer.g_forward is not trainer.G else "",  # "" after a fallback
+        "compile": train.compile if trainer.g_forward is not trainer.G else "",  # "" on fallback
+        "cuda_graph": trainer.graphed is not None and not trainer.graphed.failed,
         "steps": steps,
         "seconds": round(seconds, 3),
         "images_per_s": round(batch * steps / seconds, 1),
@@ -219,7 +229,7 @@ def main() -> None:
         },
         "reference": run_reference(folder, args.device, args.steps, args.workers or cpu_count()),
         "ours": [
-            run_ours(args.data, args.device, args.steps, int(b), args.compile)
+            run_ours(args.data, args.device, args.steps, int(b), TrainConfig(compile=args.compile))
             for b in args.batch_sizes.split(",")
         ],
         "loader_per_core": loader_rates(args.data, folder, 10),

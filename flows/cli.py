@@ -21,9 +21,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from flows.options import resolve, with_options
+from gan.metrics import EvalConfig
 from shards.layout import DATA_ROOT_ENV, DataLayout
 from shards.options import flat
-from tasks.jobs import EvalConfig, PrepareJob, TrainJob
+from tasks.jobs import PrepareJob, TrainJob
 from tasks.presets import PRESET_NAMES
 
 app = typer.Typer(
@@ -124,7 +125,9 @@ def train(
         resolved = resolve(PipelineJob, {**options, "source": ""}, preset, config)
         job = replace(resolved.job, data_root=str(layout.root))
         if dry_run:
-            console.print_json(json.dumps({**job.to_dict(), **asdict(resolved.evaluation)}))
+            console.print_json(
+                json.dumps({**job.to_dict(), "evaluation": asdict(resolved.evaluation)})
+            )
             return
         from flows.train import train as train_flow
 
@@ -156,7 +159,8 @@ def sample(
     import math
 
     from gan.accelerators import resolve_accelerator
-    from gan.render import image_grid, save_image
+    from gan.images import image_grid
+    from gan.render import save_image
     from gan.sampling import city_labels, generate, load_generator
 
     with _errors():
@@ -262,15 +266,13 @@ def evaluate(
     **options: Any,
 ) -> None:
     """Judge a checkpoint: evaluation.json and report.html beside it."""
-    from tasks.evaluate import evaluate_checkpoint, summary_markdown
+    from tasks.evaluate import evaluate_checkpoint
+    from tasks.verdicts import summary_markdown
 
     layout: DataLayout = ctx.obj
     with _errors():
         judge: EvalConfig = resolve(EvalConfig, options, preset=None)
-        result = evaluate_checkpoint(
-            checkpoint, layout.root, dataset, judge.inception_weights or None,
-            judge.eval_samples, device=device,
-        )  # fmt: skip
+        result = evaluate_checkpoint(checkpoint, layout.root, dataset, judge, device=device)
     console.print(summary_markdown(result), highlight=False)
     console.print(f"written: {checkpoint.parent / 'evaluation.json'}, report.html")
 

@@ -22,12 +22,13 @@ from flows.prepare import prepare
 from flows.slots import accelerator_slot
 from shards.layout import DataLayout
 from shards.options import flat
-from tasks.evaluate import evaluate_task, summary_markdown
+from tasks.evaluate import evaluate_task
 from tasks.jobs import PipelineJob
 from tasks.presets import PRESET_NAMES
 from tasks.render import render_task
 from tasks.track import evaluation_task, track_task
 from tasks.train import train_task
+from tasks.verdicts import summary_markdown
 
 
 @flow(name="msls-train")
@@ -48,11 +49,7 @@ def train(preset: str = "auto", data_root: str | None = None, **options) -> dict
         trained = train_task(job)
     checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
     renders = render_task(checkpoint, root, device=job.device)
-    judge = pipeline.evaluation
-    evaluation = evaluate_task(
-        checkpoint, Path(root), None, judge.inception_weights or None, judge.eval_samples,
-        device=job.device,
-    )  # fmt: skip
+    evaluation = evaluate_task(checkpoint, Path(root), None, pipeline.evaluation, device=job.device)
     outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
     track_task(trained["mlflow_run_id"], outputs, None, root)
     evaluation_task(trained["mlflow_run_id"], evaluation, root)

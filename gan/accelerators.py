@@ -50,15 +50,16 @@ class Accelerator:
         params: Iterable[torch.nn.Parameter],
         lr: float,
         betas: tuple[float, float],
-        weight_decay: float = 0.0,
+        capturable: bool = False,
     ) -> torch.optim.Optimizer:
-        """Adam with the fastest implementation this device has."""
+        """Adam with the fastest implementation this device has; `capturable` keeps its
+        step count on the device so a CUDA graph can replay the update."""
         if self.kind == "hpu":
             from gan import hpu
 
-            return hpu.fused_adamw(params, lr, betas, weight_decay)
+            return hpu.fused_adamw(params, lr, betas, 0.0)
         fused = True if self.kind == "cuda" else None  # None: torch picks (foreach on GPUs)
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused, capturable=capturable)
 
     def synchronize(self) -> None:
         """Wait for queued device work, so wall-clock timings are honest."""

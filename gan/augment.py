@@ -126,4 +126,4 @@ class AdaptiveStrength:
         step (averaged over ranks by the caller, so every rank keeps the same p)."""
         if self.target:
             step = torch.sign(r_t - self.target) * images / (self.kimg * 1000)
-            self.p = (self.p + step).clamp(0.0, 1.0)
+            self.p.add_(step).clamp_(0.0, 1.0)  # in place: a captured graph reads this tensor

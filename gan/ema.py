@@ -32,13 +32,18 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Move the average towards `model` (same architecture and device) after G step
-        `step` (0 for the first). The step comes from the trainer's checkpointed counter,
-        so a resumed run continues the same schedule."""
+    def update(self, model: nn.Module, decay: float | torch.Tensor) -> None:
+        """Move the average towards `model` (same architecture and device) with weight
+        `decay` on the average: `decay(step)` after G step `step` (0 for the first), the
+        trainer's checkpointed counter, so a resumed run continues the same schedule. A
+        0-d device tensor may hold it (a CUDA graph reads it at each replay)."""
         averaged = list(self.model.parameters())
         current = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay(step))  # one fused op for all
+        if isinstance(decay, torch.Tensor):  # tensor ops only: a float() would sync the host
+            torch._foreach_mul_(averaged, decay)
+            torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - decay))
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)  # one fused op for all
         for own, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             own.copy_(theirs)
 

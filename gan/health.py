@@ -14,7 +14,10 @@ import torch
 from gan.losses import GanLoss
 
 REAL_POS_WON = 0.95  # D calls nearly every real image real (ADA targets 0.6) ...
-COLLAPSE_SHARE = 0.25  # samples spread less than a quarter as much as real images
+COLLAPSE_SHARE = 0.25  # samples spread less than a quarter as much as real images ...
+COLLAPSE_AFTER = 100  # ... after this many steps: a transposed G starts near 0.06 (a
+# real batch: ~0.39) and a healthy one leaves that by then; the CPU quickstart's grey
+# G stayed under 0.03 for hundreds of steps
 REMEDY = (
     "try label_smoothing 0.1, generator upsample, diffaugment color,translation,cutout "
     "(with ada_target 0.6), or a lower lr_d"
@@ -30,8 +33,9 @@ def diversity(images: torch.Tensor) -> float:
     return images.float().std(dim=0).mean().item()
 
 
-def health_warnings(metrics: dict[str, float], loss: GanLoss) -> list[str]:
-    """The warnings one log interval's metrics call for (empty when healthy)."""
+def health_warnings(metrics: dict[str, float], loss: GanLoss, step: int) -> list[str]:
+    """The warnings one log interval's metrics, at generator step `step`, call for
+    (empty when healthy)."""
     warnings = []
     won = metrics["real_pos"] > REAL_POS_WON and metrics["logit_gap"] > loss.saturated_gap
     if won and loss.saturated_gap > 0:  # a WGAN critic's values have no such scale
@@ -39,7 +43,8 @@ def health_warnings(metrics: dict[str, float], loss: GanLoss) -> list[str]:
             f"D is overpowering G (real logits > 0: {metrics['real_pos']:.0%}, logit gap "
             f"{metrics['logit_gap']:.1f}): G gets little gradient; {REMEDY}"
         )
-    if metrics["diversity"] < COLLAPSE_SHARE * metrics["real_diversity"]:
+    spread = metrics["diversity"] / max(metrics["real_diversity"], 1e-8)
+    if step >= COLLAPSE_AFTER and spread < COLLAPSE_SHARE:
         warnings.append(
             f"samples collapsed (diversity {metrics['diversity']:.3f} vs real "
             f"{metrics['real_diversity']:.3f}); {REMEDY}"

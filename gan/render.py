@@ -4,9 +4,8 @@ Pure torch/PIL/numpy (plus shards/ for real images), so it runs wherever trainin
 does. Every render uses the EMA generator in eval mode on seeded latents drawn on the
 CPU (gan.sampling), so the same seed gives the same picture on every device.
 
-Real images for display are the centre R x R window of each stored 2:1 strip.
-Comparisons between images use one fixed, cheap feature space: 16 x 16 area-downsampled
-RGB pixels (768 numbers), Euclidean distance.
+Real images for display are the centre R x R window of each stored 2:1 strip; images
+are compared in gan.images' 16 x 16 pixel feature space.
 """
 
 from __future__ import annotations
@@ -18,11 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 
 from gan.augment import to_uint8
+from gan.images import (
+    PADDING,
+    image_grid,
+    nearest,
+    pixel_features,
+    strip_windows,
+)
 from gan.models import Generator
 from gan.sampling import classes_of, draw, generate, latents, slerp
 from shards.atomic import atomic_path
@@ -31,20 +35,7 @@ from shards.geometry import centre_window
 from shards.tar import read_shard
 from shards.version import DatasetVersion
 
-PADDING = 2  # pixels between grid cells
-FEATURE_SIDE = 16  # the nearest-neighbour feature space: 16 x 16 x 3 pixels
 LABEL_WIDTH = 72  # pixels of city name left of each row
-
-
-def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = PADDING) -> Image.Image:
-    """uint8 [N,3,H,W] -> one RGB image, `nrow` per row.
-
-    Size: (nrow*(W+p)+p) x (rows*(H+p)+p) with rows = ceil(N/nrow), p = padding.
-    """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"need uint8 [N,3,H,W] images, got {images.dtype} {list(images.shape)}")
-    grid = make_grid(images.cpu(), nrow=max(1, min(nrow, len(images))), padding=padding)
-    return Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
@@ -203,12 +194,6 @@ def interpolation_gif(
     return save_gif(interpolation_frames(G, n_points, frames, seed, size, city), path)
 
 
-def features(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,H,W] -> float [N, 768]: 16 x 16 area-downsampled pixels in [0, 1]."""
-    small = F.adaptive_avg_pool2d(images.float().div(255.0), FEATURE_SIDE)
-    return small.flatten(1)
-
-
 def _label_rows(grid: Image.Image, labels: list[str], cell: int) -> Image.Image:
     """Prefix `grid` with a column of row labels (one per row of `cell`-pixel cells)."""
     out = Image.new("RGB", (LABEL_WIDTH + grid.width, grid.height), "black")
@@ -265,20 +250,12 @@ def _fill_nearest(
     an unconditional G: a pool's samples nearest to that city's real images."""
     n_cities, per_city = cells.shape[0], cells.shape[1] // 2
     pool = generate(G, min(per_city * n_cities * 4, 4096), seed=seed, device=_device(G))
-    fake_city, fake_distance = _nearest(features(pool), features(real))
+    fake_city, fake_distance = nearest(pixel_features(pool), pixel_features(real))
     fake_city = cls[fake_city]
     for city in range(n_cities):
         matches = (fake_city == city).nonzero().flatten()
         best = matches[fake_distance[matches].argsort()][:per_city]
         cells[city, per_city : per_city + len(best)] = pool[best]
-
-
-def _nearest(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index of the nearest reference row, its distance) for each query row."""
-    if len(reference) == 0:
-        raise ValueError("no real images to compare with")
-    distance, index = torch.cdist(query, reference).min(dim=1)
-    return index, distance
 
 
 def split_strips(
@@ -302,18 +279,6 @@ def split_strips(
             yield strips, torch.tensor([city for _, city in part], dtype=torch.int64)
 
 
-def _windows(strips: torch.Tensor) -> torch.Tensor:
-    """The windows G may have learned from a strip: left, centre, right, each also mirrored.
-
-    uint8 [S,3,R,W] -> [S,6,3,R,R] (training shows random shifts and flips of the strip).
-    """
-    side, width = strips.shape[-2], strips.shape[-1]
-    lefts = (0, (width - side) // 2, width - side)
-    views = [strips[..., x : x + side] for x in lefts]
-    views += [v.flip(-1) for v in views]
-    return torch.stack(views, dim=1)
-
-
 @torch.no_grad()
 def nearest_neighbours(
     G: Generator, version: DatasetVersion, path: str | Path, n: int = 8, seed: int = 0
@@ -325,13 +290,13 @@ def nearest_neighbours(
     copies the left one means G memorised. Size: 2*(R+2)+2 wide, n*(R+2)+2 high.
     """
     fakes = generate(G, n, seed=seed, device=_device(G))
-    query = features(fakes)
+    query = pixel_features(fakes)
     best = torch.full((n,), float("inf"))
     match = torch.zeros_like(fakes)
     for strips, _ in split_strips(version, "train"):
-        views = _windows(strips)
+        views = strip_windows(strips)
         flat = views.flatten(0, 1)
-        index, distance = _nearest(query, features(flat))
+        index, distance = nearest(query, pixel_features(flat))
         better = distance < best
         best[better] = distance[better]
         match[better] = flat[index[better]]

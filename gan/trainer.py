@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,10 +24,12 @@ from gan.accelerators import Accelerator
 from gan.augment import AdaptiveStrength, diff_augment, parse_policy, random_window
 from gan.distributed import World, all_mean, average_gradients, broadcast_module
 from gan.ema import EMA
+from gan.graphed import GraphedStep, graph_plan
 from gan.health import diversity
 from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
+from shards.rng import set_state
 
 # Per-step device metrics, averaged over each log interval. The loop adds `diversity`
 # and a `health` list of warnings (gan/health.py); the report reads them from stats.jsonl.
@@ -76,6 +79,11 @@ class TrainConfig:
     )
     flip: bool = option(True, "Random horizontal flips of the real windows.")
     seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
+    cuda_graph: bool = option(
+        True,
+        "On CUDA, capture the whole step in one CUDA graph (one process; not with R1, "
+        "WGAN-GP or compile); eager after one warning where capture fails.",
+    )
     compile: str = option("", "torch.compile backend for G and D, e.g. inductor; empty: eager. "
                           "A backend that fails falls back to eager with a warning.")  # fmt: skip
 
@@ -129,15 +137,18 @@ class Trainer:
         # What the steps call: compiled modules sharing G's and D's parameters, or G and D.
         self.g_forward, self.d_forward = _compiled(self.G, self.D, config.compile, accelerator)
         self.memory_format = memory_format
-        betas = (config.beta1, config.beta2)
-        self.opt_g = accelerator.optimizer(self.G.parameters(), config.lr_g, betas)
-        self.opt_d = accelerator.optimizer(self.D.parameters(), config.lr_d, betas)
-        self.ema = EMA(self.G, beta=config.ema_beta)
         self.loss = make_loss(config.loss, config.label_smoothing)
+        graph = graph_plan(config, accelerator, world, self.loss.needs_gp)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = accelerator.optimizer(self.G.parameters(), config.lr_g, betas, graph)
+        self.opt_d = accelerator.optimizer(self.D.parameters(), config.lr_d, betas, graph)
+        self.ema = EMA(self.G, beta=config.ema_beta)
+        self.ema_decay = torch.zeros((), device=accelerator.device)  # filled before each step
         self.policy = parse_policy(config.diffaugment)
         self.ada = AdaptiveStrength(config.ada_target, config.ada_kimg, accelerator.device)
         self.rng = torch.Generator(device=accelerator.device)
         self.rng.manual_seed(config.seed * 7919 + world.rank)  # distinct noise per rank
+        self.graphed = GraphedStep(self._step, self._step_state, [self.rng]) if graph else None
         self.step = 0
         self.seconds = 0.0  # training time of all steps so far (the loop's clock)
         self.health: dict[str, int] = {}  # each kind of health warning -> step first seen
@@ -165,7 +176,21 @@ class Trainer:
 
     def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One G update after `d_steps` D updates, one per (uint8 strips [B, 3, R, W],
-        city int64 [B]) batch; returns METRICS as a device tensor."""
+        city int64 [B]) batch; returns METRICS as a device tensor.
+
+        The step itself (`_step`) runs from a CUDA graph where one was captured, else
+        eagerly; what changes per step from the host (the EMA decay) is set here first.
+        """
+        self.ema_decay.fill_(self.ema.decay(self.step))
+        inputs = [tensor for batch in batches for tensor in batch]  # the graph's input buffers
+        metrics = self.graphed(inputs) if self.graphed is not None else self._step(inputs)
+        self.step += 1
+        return metrics
+
+    def _step(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The step's device work: no host syncs, randomness from `self.rng` only.
+        `inputs`: strips, cities, strips, cities, .. of each D step in turn."""
+        batches = list(zip(inputs[::2], inputs[1::2], strict=True))
         for i, (real_strips, cities) in enumerate(batches):
             real = self.real_batch(real_strips)
             labels = cities.to(self.acc.device) if self.model_config.n_classes else None
@@ -173,8 +198,7 @@ class Trainer:
             r1_due = (self.step * len(batches) + i) % self.config.r1_every == 0
             loss_d, real_logits, fake_logits = self._update_d(real, fake, labels, r1_due)
         loss_g = self._update_g(fake, labels)
-        self.ema.update(self.G, self.step)
-        self.step += 1
+        self.ema.update(self.G, self.ema_decay)
         values = [
             loss_d,
             loss_g,
@@ -268,9 +292,10 @@ class Trainer:
         """This rank's random streams (each rank draws different noise)."""
         return {"rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
 
-    def load_rank_state(self, state: dict) -> None:
-        self.rng.set_state(state["rng"].cpu())
+    def load_rank_state(self, state: dict) -> bool:
+        """False where the noise stream came from another device type and was re-seeded."""
         torch.set_rng_state(state["torch_rng"].cpu())
+        return set_state(self.rng, state["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -281,7 +306,17 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.seconds = state.get("seconds", 0.0)
         if "ada_p" in state:  # checkpoints from before ADA have none: p starts afresh
-            self.ada.p = state["ada_p"].to(self.acc.device)
+            self.ada.p.copy_(state["ada_p"])  # in place: a captured graph reads this tensor
+
+    def _step_state(self) -> Iterator[torch.Tensor]:
+        """Every tensor a step changes: weights, buffers, optimizer state, ADA's p."""
+        for module in (self.G, self.D, self.ema.model):
+            yield from module.parameters()
+            yield from module.buffers()
+        for optimizer in (self.opt_g, self.opt_d):
+            for state in optimizer.state.values():
+                yield from (v for v in state.values() if torch.is_tensor(v))
+        yield self.ada.p
 
 
 def _compiled(

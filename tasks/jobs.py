@@ -16,6 +16,7 @@ from typing import Any
 
 from gan.accelerators import DEVICES, check_device
 from gan.loop import LoopConfig
+from gan.metrics import EvalConfig
 from gan.models import ModelConfig
 from gan.trainer import TrainConfig
 from shards.imaging import ShardConfig
@@ -121,18 +122,6 @@ class TrainJob:
     def from_dict(cls, data: dict[str, Any]) -> TrainJob:
         """Inverse of `to_dict`; unknown keys are rejected, not silently dropped."""
         return from_dict(cls, data)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How a generator is judged (docs/EVALUATION.md)."""
-
-    eval_samples: int = option(2048, "Generated images each metric judges.")
-    inception_weights: str = option("", "Local Inception weights file: enables FID and KID.")
-
-    def __post_init__(self) -> None:
-        if self.eval_samples < 2:
-            raise ValueError(f"eval_samples must be >= 2, got {self.eval_samples}")
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,14 @@ def test_optimizer_per_kind():
     cuda = Accelerator(torch.device("cuda"), "cuda", torch.bfloat16, True)
     fused = cuda.optimizer(params(), 2e-4, (0.5, 0.999))
     assert type(fused) is torch.optim.Adam and fused.defaults["fused"] is True
+    assert not fused.defaults["capturable"]
+    graphed = cuda.optimizer(params(), 2e-4, (0.5, 0.999), capturable=True)
+    assert graphed.defaults["capturable"] and graphed.defaults["fused"]  # for CUDA graphs
     for kind in ("cpu", "mps"):
         acc = Accelerator(torch.device("cpu"), kind, None, True)
-        opt = acc.optimizer(params(), 2e-4, (0.5, 0.999), weight_decay=0.1)
+        opt = acc.optimizer(params(), 2e-4, (0.5, 0.999))
         assert type(opt) is torch.optim.Adam and not opt.defaults["fused"]
-        assert opt.defaults["betas"] == (0.5, 0.999) and opt.defaults["weight_decay"] == 0.1
+        assert opt.defaults["betas"] == (0.5, 0.999) and opt.defaults["weight_decay"] == 0
 
 
 def test_ddp_backends():

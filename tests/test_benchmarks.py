@@ -39,24 +39,29 @@ def test_train_benchmark_sets_up_and_runs_one_step(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_quality_benchmark_trains_every_arm_for_equal_time_and_scores_it(tmp_path, monkeypatch):
+def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_path, monkeypatch):
     data = tmp_path / "bench"
     run(
         train_bench,
         ["setup", "--images", "200", "--val-fraction", "0.3", "--out", str(data)],
         monkeypatch,
     )
-    out = tmp_path / "quality.json"
-    args = ["--data", str(data), "--device", "cpu", "--seconds", "1", "--batch-sizes", "16,32"]
-    run(quality_bench, [*args, "--images", "24", "--workers", "1", "--out", str(out)], monkeypatch)
+    out, records = tmp_path / "quality.json", tmp_path / "runs.jsonl"
+    args = ["--data", str(data), "--seconds", "1", "--arms", "smooth-upsample-ada,recipe"]
+    args += ["--samples", "64", "--records", str(records), "--out", str(out)]
+    run(quality_bench, [*args, "--seeds", "1"], monkeypatch)
+    first = [json.loads(line) for line in records.read_text().splitlines()]
+    run(quality_bench, [*args, "--seeds", "2"], monkeypatch)  # seed 0 is not run again
     result = json.loads(out.read_text())
-    ours, reference = result["arms"][:2], result["arms"][2]
-    assert [arm["batch"] for arm in ours] == [16, 32] and reference["arm"] == "reference"
-    assert reference["seconds"] >= max(arm["seconds"] for arm in ours)  # never less time
-    assert all(arm["steps"] >= 1 and arm["swd"]["mean"] > 0 for arm in result["arms"])
-    assert result["val_images"] == 24 and result["floor"]["mean"] > 0
-    assert set(result["swd_mean_by_config"]) == {"ours-b16", "ours-b32", "reference"}
-    assert isinstance(result["ours_at_least_as_good"], bool)
+    assert [(r["arm"], r["seed"]) for r in result["runs"]] == [
+        ("smooth-upsample-ada", 0), ("recipe", 0), ("smooth-upsample-ada", 1), ("recipe", 1),
+    ]  # fmt: skip
+    assert [r["seconds"] for r in result["runs"][:2]] == [r["seconds"] for r in first]
+    assert all(r["steps"] >= 1 and r["swd"] > 0 and r["ratio"] > 0 for r in result["runs"])
+    assert (data / "data" / "runs" / "sweep-recipe-s1" / "grid.png").is_file()
+    assert result["best"] == "smooth-upsample-ada" and result["arms"]["recipe"]["seeds"] == 2
+    assert isinstance(result["best_beats_recipe_beyond_spread"], bool)
+    assert {"logit_gap", "real_pos", "ada_p", "diversity"} <= set(result["runs"][0]["final"])
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint
-from gan.city_metrics import city_test, swd_city_val
-from gan.metrics import EvalInputs
-from gan.render import LABEL_WIDTH, city_morph_frames, image_grid, real_vs_fake_by_city
+from gan.images import image_grid
+from gan.metrics import EvalConfig, EvalInputs
+from gan.metrics.by_city import city_swd_valwin, city_test
+from gan.render import LABEL_WIDTH, city_morph_frames, real_vs_fake_by_city
 from gan.sampling import city_labels, generate, load_generator
 from shards.layout import DataLayout
 from shards.version import DatasetVersion
@@ -172,28 +173,30 @@ def test_swd_by_city_compares_each_city_with_its_own_val_images():
         generated=generated, val=val, train=train, val_labels=val_labels,
         train_labels=train_labels, generated_labels=asked, city_names=tuple(CITIES),
     )  # fmt: skip
-    right = swd_city_val(inputs)
+    right = city_swd_valwin(inputs)
     assert set(right["cities"]) == set(CITIES) and right["conditional"]
     assert all(c["images"] == 10 for c in right["cities"].values())
     inputs.generated_labels = (asked + 1) % 3
-    wrong = swd_city_val(inputs)
+    wrong = city_swd_valwin(inputs)
     for city in CITIES:  # another city's images are farther from this city's val images
         assert wrong["cities"][city]["mean"] > 2 * right["cities"][city]["mean"]
 
 
 def test_evaluation_reports_per_city_metrics(trained, tmp_path):
     root, checkpoint, _ = trained
+    config = EvalConfig(samples=30)
     evaluation = evaluate_checkpoint(
-        checkpoint, root, n_samples=30, out_dir=tmp_path, device="cpu", workers=1
+        checkpoint, root, config=config, out_dir=tmp_path, device="cpu", workers=1
     )
     metrics = evaluation["metrics"]
-    assert metrics["swd_city_val"]["computed"] and metrics["swd_city_val"]["conditional"]
-    assert set(metrics["city_test"]["generated_by_city"]) == set(CITIES)
-    assert "city_test" in [row[0] for row in evaluation["headline"]]
+    by_city, test = metrics["city_swd30_valwin"], metrics["city_test30"]
+    assert by_city["computed"] and by_city["conditional"]
+    assert set(test["generated_by_city"]) == set(CITIES)
+    assert "city_test30" in [row[0] for row in evaluation["headline"]]
     saved = json.loads((tmp_path / "evaluation.json").read_text())
-    assert saved["metrics"]["city_test"] == metrics["city_test"]
+    assert saved["metrics"]["city_test30"] == test
     report = (tmp_path / "report.html").read_text()
     assert "<h2>Per city</h2>" in report and "tokyo" in report
     numbers = city_numbers(metrics)  # what MLflow gets as eval.<name> run metrics
-    assert {f"city_test.{c}" for c in CITIES} <= set(numbers)
-    assert {f"swd_city_val.{c}" for c in metrics["swd_city_val"]["cities"]} <= set(numbers)
+    assert {f"city_test30.{c}" for c in CITIES} <= set(numbers)
+    assert {f"city_swd30_valwin.{c}" for c in by_city["cities"]} <= set(numbers)

@@ -1,35 +1,49 @@
-"""Evaluation metrics on real tensors: SWD against a slow reference, probe, copies, collapse."""
+"""Evaluation metrics on real tensors: SWD against a slow reference, the window protocol and
+its floor, the registry, probe, copies, collapse."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan.metrics import (
+from gan.images import strip_windows, training_windows
+from gan.metrics import EvalConfig, EvalInputs, append_result, compute_metric, metric_names
+from gan.metrics.inception import NO_INCEPTION
+from gan.metrics.inputs import count_label
+from gan.metrics.probe import probe_features, probe_split
+from gan.metrics.registry import register_metric
+from gan.metrics.sliced_wasserstein import (
     BINOMIAL_5X5,
-    NO_INCEPTION,
-    EvalInputs,
-    compute_metric,
-    metric_names,
     patch_centres,
-    probe_features,
-    probe_split,
     pyr_down,
     swd,
+    swd_against_real,
     swd_directions,
     swd_resolutions,
 )
+from shards.geometry import centre_window
 
 
-def street_like(n: int, seed: int, size: int = 32) -> torch.Tensor:
-    """uint8 [n,3,size,size]: smooth random colour fields plus fine noise (one distribution)."""
+def street_like(n: int, seed: int, size: int = 32, width: int | None = None) -> torch.Tensor:
+    """uint8 [n,3,size,width]: smooth random colour fields plus fine noise (one distribution);
+    width 2 * size makes the 2:1 strips the shards store."""
+    width = width or size
     g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, size // 2, size // 2, generator=g)
-    coarse = F.interpolate(coarse, size=size, mode="bicubic").clamp(0, 1)
-    fine = torch.rand(n, 3, size, size, generator=g)
+    coarse = torch.rand(n, 3, size // 2, width // 2, generator=g)
+    coarse = F.interpolate(coarse, size=(size, width), mode="bicubic").clamp(0, 1)
+    fine = torch.rand(n, 3, size, width, generator=g)
     return (coarse * 249 + fine * 6).round().clamp(0, 255).to(torch.uint8)
+
+
+def graded_strips(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    """uint8 [n,3,size,2*size] strips bright on the left, dark on the right, as a street
+    scene differs along its width: a strip's centre window is not its typical window."""
+    ramp = torch.linspace(1.0, 0.2, 2 * size).expand(size, -1)
+    return (street_like(n, seed, size, 2 * size).float() * ramp).round().to(torch.uint8)
 
 
 def blurred(images: torch.Tensor, times: int) -> torch.Tensor:
@@ -46,14 +60,30 @@ def noisy(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def test_registry_names_state_their_protocol():
-    import gan.city_metrics  # noqa: F401  (the per-city metrics register on import)
-
-    assert metric_names() == [
-        "swd_val", "fid_val", "kid_val", "probe_city", "memorisation", "diversity",
-        "swd_city_val", "city_test",
+    assert metric_names(2048) == [
+        "swd2k_valwin", "fid2k_valwin", "kid2k_valwin", "probe_city", "memorisation", "diversity",
+        "city_swd2k_valwin", "city_test2k",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="unknown metric"):
+    assert metric_names(500)[0] == "swd500_valwin" and count_label(50_000) == "50k"
+    with pytest.raises(ValueError, match="unknown metric 'fid50k'; choose from swd2_valwin"):
         compute_metric("fid50k", EvalInputs(*(street_like(2, 0),) * 3))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_metric("diversity")(lambda inputs: {})
+
+
+def test_eval_config_is_the_one_sample_count_and_rejects_bad_values():
+    assert EvalConfig().samples == 2048
+    with pytest.raises(ValueError, match="samples must be an integer >= 2"):
+        EvalConfig(samples=1)
+
+
+def test_each_result_is_appended_to_its_metric_jsonl(tmp_path):
+    result = compute_metric("diversity", EvalInputs(street_like(8, 1), street_like(8, 2), None))
+    append_result(tmp_path, "diversity", result, "run/checkpoint.pt", 10)
+    path = append_result(tmp_path, "diversity", result, "run/checkpoint.pt", 20)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert path.name == "metric-diversity.jsonl" and [x["step"] for x in lines] == [10, 20]
+    assert lines[0]["results"] == json.loads(json.dumps(result)) and lines[0]["timestamp"] > 0
 
 
 # ---------------------------------------------------------------- SWD
@@ -148,13 +178,62 @@ def test_pyr_down_matches_scipy_mirror_convolution():
     assert torch.allclose(pyr_down(x), torch.from_numpy(expected[:, :, ::2, ::2]), atol=1e-3)
 
 
-def test_swd_val_reports_the_real_floor_beside_ours():
-    val, train = street_like(24, 1), street_like(24, 2)
-    result = compute_metric("swd_val", EvalInputs(blurred(street_like(24, 3), 3), val, train))
+def test_swd_of_a_set_against_itself_is_near_zero_and_noise_is_far():
+    real = street_like(64, 1)
+    same = swd(real, real)["mean"]  # only the random patch positions differ: sampling noise
+    noise = torch.randint(0, 256, real.shape, generator=torch.Generator().manual_seed(2))
+    assert same < 0.5 * swd(real, noise.to(torch.uint8))["mean"]
+
+
+def test_training_windows_are_shifted_mirrored_crops_of_the_strips():
+    strips = street_like(5, 3, 16, 32)
+    windows = training_windows(strips, 40, seed=4)
+    assert windows.shape == (40, 3, 16, 16) and torch.equal(
+        windows, training_windows(strips, 40, 4)
+    )
+    crops = {  # every window of every strip, and its mirror image
+        bytes(w.flip(-1).numpy() if m else w.numpy())
+        for s in strips
+        for x in range(17)
+        for w in [s[..., x : x + 16]]
+        for m in (False, True)
+    }
+    assert all(bytes(w.numpy()) in crops for w in windows)
+    assert len({bytes(w.numpy()) for w in windows}) > 20  # shifts and flips, not one crop
+
+
+def test_swd_valwin_scores_real_windows_as_real_and_noise_far_beyond_the_floor():
+    val, train = graded_strips(24, 1), graded_strips(64, 2)
+    result = swd_against_real(training_windows(graded_strips(64, 3), 48, 5), val, train)
+    assert result["draws"] == 3 and len(result["floor_draws"]) == 3
+    spread = result["floor_std"] / result["floor_mean"]
+    assert spread > 0 and result["ratio_as_real"] == pytest.approx(1 + 2 * spread)
+    assert result["ratio"] < 1.5  # fresh real windows sit near the floor (48 images: noisy)
+    assert set(result["levels"]) == set(result["floor_levels"]) == {"32", "16"}
+    noise = torch.randint(0, 256, (48, 3, 32, 32), generator=torch.Generator().manual_seed(6))
+    noisy = swd_against_real(noise.to(torch.uint8), val, train)
+    assert noisy["ratio"] > 2 and noisy["mean"] > noisy["floor_mean"] + 5 * noisy["floor_std"]
+
+
+def test_centre_windows_are_not_what_training_draws():
+    """The old protocol's fault: a generator of perfect training windows scored far above
+    a floor made of centre crops, so "near the floor" was out of reach by construction."""
+    val, train = graded_strips(24, 1), graded_strips(64, 2)
+    perfect = training_windows(graded_strips(64, 3), 48, 5)
+    val_centres = centre_window(val[torch.arange(48) % len(val)]).contiguous()
+    train_centres = centre_window(train[:48]).contiguous()
+    old_ratio = swd(perfect, val_centres)["mean"] / swd(train_centres, val_centres)["mean"]
+    new_ratio = swd_against_real(perfect, val, train)["ratio"]
+    assert old_ratio > 1.3 and new_ratio < old_ratio / 1.2
+
+
+def test_swd_metric_is_named_for_its_count_and_reports_the_floor_beside_ours():
+    val, train = street_like(24, 1, 32, 64), street_like(24, 2, 32, 64)
+    inputs = EvalInputs(blurred(street_like(24, 3), 3), val, train)
+    result = compute_metric("swd24_valwin", inputs)
     assert result["computed"] and result["images"] == 24
     assert result["floor_mean"] < result["mean"]
     assert result["ratio"] == pytest.approx(result["mean"] / result["floor_mean"])
-    assert set(result["levels"]) == set(result["floor_levels"]) == {"32", "16"}
 
 
 # ---------------------------------------------------------------- probe
@@ -196,15 +275,16 @@ def test_probe_split_keeps_each_sequence_on_one_side():
 
 
 def test_memorisation_flags_copies_and_not_fresh_samples():
-    train, val = street_like(200, 10), street_like(100, 11)
-    copies = compute_metric("memorisation", EvalInputs(train[:60], val, train))
+    train, val = street_like(200, 10, 32, 64), street_like(100, 11, 32, 64)
+    copies = strip_windows(train[:60])[:, 5]  # the right window, mirrored
+    copies = compute_metric("memorisation", EvalInputs(copies, val, train))
     fresh = compute_metric("memorisation", EvalInputs(street_like(100, 12), val, train))
     assert copies["ratio"] < 0.05 and copies["fraction_below_val_p1"] == 1.0
     assert 0.85 < fresh["ratio"] < 1.15 and fresh["fraction_below_val_p1"] < 0.05
 
 
 def test_diversity_of_identical_images_is_zero():
-    val = street_like(64, 20)
+    val = street_like(256, 20)
     same = street_like(1, 21).expand(64, -1, -1, -1)
     assert compute_metric("diversity", EvalInputs(same, val, val))["ratio"] < 1e-6
     fresh = compute_metric("diversity", EvalInputs(street_like(64, 22), val, val))["ratio"]
@@ -216,7 +296,7 @@ def test_diversity_of_identical_images_is_zero():
 
 def test_fid_and_kid_are_not_computed_without_inception_weights():
     inputs = EvalInputs(*(street_like(4, 0),) * 3)
-    for name in ("fid_val", "kid_val"):
+    for name in ("fid4_valwin", "kid4_valwin"):
         assert compute_metric(name, inputs) == {"computed": False, "reason": NO_INCEPTION}
     assert NO_INCEPTION == "not computed: no Inception weights given (--inception-weights PATH)"
 
@@ -244,7 +324,7 @@ def test_fid_and_kid_run_offline_from_a_local_weights_file(tmp_path, monkeypatch
         street_like(4, 3, 64),
         inception_weights=weights,
     )
-    fid, kid = compute_metric("fid_val", inputs), compute_metric("kid_val", inputs)
+    fid, kid = compute_metric("fid4_valwin", inputs), compute_metric("kid4_valwin", inputs)
     for result in (fid, kid):
         assert result["computed"] and result["images"] == 4 and np.isfinite(result["value"])
         assert len(result["weights_sha256"]) == 64

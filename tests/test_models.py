@@ -131,7 +131,7 @@ def test_ema_moves_towards_the_model_and_copies_buffers():
             p.add_(1.0)
         model[1].running_mean.fill_(5.0)
         model[1].num_batches_tracked.fill_(7)
-    ema.update(model, step=1000)  # warmed up: the decay is beta
+    ema.update(model, ema.decay(1000))  # warmed up: the decay is beta
     for averaged, old in zip(ema.model.parameters(), start):
         assert torch.allclose(averaged, old + 0.1)  # (1 - beta) of the way to +1
     assert torch.equal(ema.model[1].running_mean, torch.full((4,), 5.0))
@@ -145,7 +145,7 @@ def test_ema_warms_up_so_a_short_run_is_not_averaged_with_its_random_start():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model, step=0)  # decay 1/10: nine tenths of the way at once
+    ema.update(model, torch.tensor(ema.decay(0)))  # 1/10 (a device tensor, as graphs need)
     for averaged, old in zip(ema.model.parameters(), start):
         assert torch.allclose(averaged, old + 0.9)
     assert ema.decay(0) == 0.1 and math.isclose(ema.decay(90), 0.91)
@@ -167,7 +167,7 @@ def test_ema_model_is_a_frozen_eval_copy_and_state_round_trips():
 def test_ema_of_identical_weights_stays_put():
     model = _tiny_model()
     ema = EMA(model, beta=0.5)
-    ema.update(model, step=0)
+    ema.update(model, ema.decay(0))
     for a, b in zip(ema.model.parameters(), model.parameters()):
         assert torch.equal(a, b)
     assert math.isclose(ema.beta, 0.5)

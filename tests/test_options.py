@@ -14,8 +14,9 @@ from flows.cli import app
 from flows.options import resolve, with_options
 from flows.train import train as train_flow
 from gan.loop import LoopConfig
+from gan.metrics import EvalConfig
 from shards.options import build, flat, option, options_of
-from tasks.jobs import EvalConfig, PipelineJob, PrepareJob, ReshardJob, TrainJob
+from tasks.jobs import PipelineJob, PrepareJob, ReshardJob, TrainJob
 from tasks.presets import PRESETS
 
 
@@ -112,7 +113,7 @@ def test_cli_train_dry_run_prints_the_resolved_job(tmp_path):
     printed = json.loads(result.output)
     assert printed["train"]["lr_g"] == 0.001 and printed["train"]["flip"] is False
     assert printed["model"]["ngf"] == PRESETS["cpu"]["ngf"]
-    assert printed["eval_samples"] == EvalConfig().eval_samples
+    assert printed["evaluation"]["samples"] == EvalConfig().samples
 
 
 def test_cli_refuses_a_bad_value_in_one_line(tmp_path):

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from gan.checkpoint import load_checkpoint
+from gan.images import image_grid
 from gan.render import (
     LABEL_WIDTH,
     SampleGridCallback,
-    image_grid,
     interpolation_gif,
     nearest_neighbours,
     real_vs_fake_by_city,

@@ -1,19 +1,20 @@
 """Metrics per condition: SWD per city, and how often a city classifier recognises the
-city a conditional generator was asked for.
+city a conditional generator was asked for. Both register in the metric registry
+(`gan.metrics` imports this module):
 
-Both register in `gan.metrics`' registry (imported for that by tasks/evaluate.py):
+- `city_swd{n}_valwin`: for each city c, `swd_against_real` (one draw) of n / cities
+  images generated for c against training-style windows of c's val strips, beside the
+  floor of c's train windows against the same. An unconditional G cannot be asked for a
+  city, so its first n / cities samples stand for every city: what a user asking it for
+  c gets.
+- `city_test{n}`: a small CNN trained on the centre windows of the train strips to tell
+  the cities apart, then applied to the n generated images: the share recognised as the
+  city each was drawn for (Shmelkov et al. 2018, "How good is my GAN?": GAN-test; Ravuri
+  & Vinyals' CAS is the other direction), beside its accuracy on real val centre windows
+  (what a perfect G could reach) and chance.
 
-- `swd_city_val`: for each city c, SWD of the images generated for c against val images
-  of c, beside the floor of train images of c against the same val images. An
-  unconditional G cannot be asked for a city, so its per-city SWD compares all its
-  samples with each city's val images: what a user asking it for c gets.
-- `city_test`: a small CNN trained on (a sample of) the train split to tell the cities
-  apart, then applied to generated images of each requested city: the share recognised
-  as that city (Shmelkov et al. 2018, "How good is my GAN?": GAN-test; Ravuri & Vinyals'
-  CAS is the other direction, train on generated and test on real), beside the same
-  classifier's accuracy on real val images (what a perfect G could reach) and chance.
-
-Images are uint8 [N, 3, R, R]; labels int64 [N] positions in dataset.json's city list.
+Generated images are uint8 [N, 3, R, R], real ones uint8 [M, 3, R, W] strips; labels are
+int64 positions in dataset.json's city list (`EvalInputs.city_names`).
 """
 
 from __future__ import annotations
@@ -22,52 +23,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.metrics import (
-    SWD_MAX_IMAGES,
-    SWD_MIN_RESOLUTION,
-    EvalInputs,
-    _subsample,
-    not_computed,
-    register_metric,
-    swd,
-)
+from gan.metrics.inputs import EvalInputs, not_computed
+from gan.metrics.registry import register_metric
+from gan.metrics.sliced_wasserstein import SWD_MIN_RESOLUTION, swd_against_real
+from shards.geometry import centre_window
 
 CLASSIFIER_SIDE = 32  # px: the classifier sees area-downsampled images (palette, layout)
 CLASSIFIER_STEPS = 300  # Adam steps of batch CLASSIFIER_BATCH (~20 s on 2 CPU cores)
 CLASSIFIER_BATCH = 64
-MIN_CITY_IMAGES = 2  # a city's SWD needs at least this many images in every set
+MIN_CITY_IMAGES = 2  # a city's SWD needs at least this many generated images
 
 
-@register_metric("swd_city_val")
-def swd_city_val(inputs: EvalInputs) -> dict:
-    """Per city: SWD generated-for-c vs val-of-c, and train-of-c vs val-of-c (the floor)."""
-    if inputs.val_labels is None or inputs.train_labels is None:
-        return not_computed("not computed: needs city labels of the val and train images")
-    if inputs.val.shape[-1] < SWD_MIN_RESOLUTION:
+@register_metric("city_swd{n}_valwin")
+def city_swd_valwin(inputs: EvalInputs) -> dict:
+    """Per city: SWD generated-for-c vs val windows of c, and train windows of c vs the
+    same (the floor); cities missing from the train or val strips are skipped."""
+    if inputs.val_labels is None or inputs.train_labels is None or not inputs.city_names:
+        return not_computed("not computed: needs city labels of the val and train strips")
+    if inputs.val.shape[-2] < SWD_MIN_RESOLUTION:
         return not_computed("not computed: needs images of at least 16 px")
+    per_city = inputs.samples // len(inputs.city_names)
     cities, skipped = {}, {}
-    for city in inputs.val_labels.unique().tolist():
+    for city, name in enumerate(inputs.city_names):
         val = inputs.val[inputs.val_labels == city]
         train = inputs.train[inputs.train_labels == city]
-        generated = inputs.generated
+        generated = inputs.generated[:per_city]
         if inputs.generated_labels is not None:
-            generated = generated[inputs.generated_labels == city]
-        n = min(len(val), len(train), len(generated), SWD_MAX_IMAGES)
-        name = _city_name(inputs, city)
-        if n < MIN_CITY_IMAGES:
-            skipped[name] = f"{n} images in its smallest set"
+            generated = inputs.generated[inputs.generated_labels == city][:per_city]
+        if not len(val) or not len(train) or len(generated) < MIN_CITY_IMAGES:
+            skipped[name] = f"{len(val)} val, {len(train)} train, {len(generated)} generated"
             continue
-        val = _subsample(val, n, inputs.seed)
-        ours = swd(_subsample(generated, n, inputs.seed + 2), val, inputs.seed, inputs.device)
-        floor = swd(_subsample(train, n, inputs.seed + 1), val, inputs.seed, inputs.device)
-        cities[name] = {
-            "images": n,
-            "mean": ours["mean"],
-            "floor_mean": floor["mean"],
-            "ratio": ours["mean"] / floor["mean"] if floor["mean"] > 0 else None,
-        }
+        result = swd_against_real(generated, val, train, inputs.seed, inputs.device, draws=1)
+        cities[name] = {k: result[k] for k in ("images", "mean", "floor_mean", "ratio")}
     if not cities:
-        return not_computed("not computed: no city has 2 images in every set")
+        return not_computed("not computed: no city has val and train strips and 2 samples")
     ratios = [c["ratio"] for c in cities.values() if c["ratio"] is not None]
     return {
         "computed": True,
@@ -79,7 +68,7 @@ def swd_city_val(inputs: EvalInputs) -> dict:
     }
 
 
-@register_metric("city_test")
+@register_metric("city_test{n}")
 def city_test(inputs: EvalInputs) -> dict:
     """A city classifier trained on train images: its accuracy on real val images and on
     generated images of each requested city (a conditional G only), with chance."""
@@ -88,8 +77,9 @@ def city_test(inputs: EvalInputs) -> dict:
     classes = int(max(inputs.train_labels.max(), inputs.val_labels.max())) + 1
     if len(inputs.train_labels.unique()) < 2:
         return not_computed("not computed: the train sample holds fewer than 2 cities")
-    model = train_city_classifier(inputs.train, inputs.train_labels, classes, inputs.seed)
-    real = predict_cities(model, inputs.val)
+    train, val = centre_window(inputs.train), centre_window(inputs.val)
+    model = train_city_classifier(train, inputs.train_labels, classes, inputs.seed)
+    real = predict_cities(model, val)
     result = {
         "computed": True,
         "classes": classes,
