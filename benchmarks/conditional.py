@@ -32,17 +32,17 @@ import torch
 from PIL import Image
 
 from gan.accelerators import resolve_accelerator
-from gan.metrics.by_city import city_swd_valwin, predict_cities, train_city_classifier
 from gan.loop import Budget, LoopConfig, fit
 from gan.metrics import EvalInputs
+from gan.metrics.by_city import city_swd_valwin, predict_cities, train_city_classifier
 from gan.render import real_vs_fake_by_city
 from gan.sampling import city_labels, generate, load_generator
 from gan.trainer import Trainer
 from shards.cache import CachedBatches, load_split
+from shards.geometry import centre_window
 from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
-from shards.geometry import centre_window
 from tasks.evaluate import load_strips
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
