@@ -146,6 +146,9 @@ def test_city_test_recognises_generated_cities_only_when_they_look_like_them():
     good = city_test(inputs)
     assert good["val_accuracy"] > 0.9 and good["generated_accuracy"] > 0.9
     assert set(good["generated_by_city"]) == set(CITIES) and good["chance"] == 1 / 3
+    inputs.generated_labels = torch.where(torch.arange(30) < 6, 3, asked)  # 3: held out
+    held_out = city_test(inputs)  # a city without train images is left out, chance too
+    assert held_out["generated_images"] == 24 and held_out["chance"] == 1 / 3
     inputs.generated_labels = (asked + 1) % 3  # every image drawn for the wrong city
     assert city_test(inputs)["generated_accuracy"] < 0.1
     inputs.generated_labels = None  # unconditional: no city was asked for

@@ -71,19 +71,21 @@ def city_swd_valwin(inputs: EvalInputs) -> dict:
 @register_metric("city_test{n}")
 def city_test(inputs: EvalInputs) -> dict:
     """A city classifier trained on train images: its accuracy on real val images and on
-    generated images of each requested city (a conditional G only), with chance."""
+    generated images of each requested city (a conditional G only), with chance. Cities
+    without train images (held out whole) are left out of the generated side and chance."""
     if inputs.val_labels is None or inputs.train_labels is None:
         return not_computed("not computed: needs city labels of the val and train images")
     classes = int(max(inputs.train_labels.max(), inputs.val_labels.max())) + 1
-    if len(inputs.train_labels.unique()) < 2:
+    trained = inputs.train_labels.unique()  # held-out (ood) cities have no train images
+    if len(trained) < 2:
         return not_computed("not computed: the train sample holds fewer than 2 cities")
     train, val = centre_window(inputs.train), centre_window(inputs.val)
     model = train_city_classifier(train, inputs.train_labels, classes, inputs.seed)
     real = predict_cities(model, val)
     result = {
         "computed": True,
-        "classes": classes,
-        "chance": 1.0 / classes,
+        "classes": len(trained),
+        "chance": 1.0 / len(trained),  # among the cities the classifier and G learned
         "val_accuracy": _accuracy(real, inputs.val_labels),
         "val_by_city": _by_city(inputs, real, inputs.val_labels),
         "train_images": len(inputs.train),
@@ -93,10 +95,11 @@ def city_test(inputs: EvalInputs) -> dict:
         result["generated_accuracy"] = None
         result["reason"] = "generated images have no requested city (unconditional G)"
         return result
-    fake = predict_cities(model, inputs.generated)
-    result["generated_accuracy"] = _accuracy(fake, inputs.generated_labels)
-    result["generated_by_city"] = _by_city(inputs, fake, inputs.generated_labels)
-    result["generated_images"] = len(inputs.generated)
+    asked = torch.isin(inputs.generated_labels, trained)  # not the cities nobody trained on
+    fake = predict_cities(model, inputs.generated[asked])
+    result["generated_accuracy"] = _accuracy(fake, inputs.generated_labels[asked])
+    result["generated_by_city"] = _by_city(inputs, fake, inputs.generated_labels[asked])
+    result["generated_images"] = int(asked.sum())
     return result
 
 
