@@ -88,7 +88,8 @@ class Judge:
         }
         if labels is not None:
             hits = predict_cities(self.classifier, generated) == labels
-            record["recognised"] = round(float(hits.float().mean()), 3)
+            learned = torch.isin(labels, self.train_labels.unique())  # not held-out cities
+            record["recognised"] = round(float(hits[learned].float().mean()), 3)
             record["recognised_by_city"] = {
                 c: round(float(hits[labels == i].float().mean()), 3)
                 for i, c in enumerate(self.cities)
@@ -203,7 +204,7 @@ def main() -> None:
     if set(arms) - set(ARMS):
         parser.error(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; known: {', '.join(ARMS)}")
     runs = run_arms(args.data, judge, arms, args.seeds, args.seconds)
-    chance = 1 / len(judge.cities)
+    chance = 1 / len(judge.train_labels.unique())  # among the cities with train images
     first = next(r["run"] for r in runs if r["arm"] == "conditional")
     G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
     grid = real_vs_fake_by_city(G, version, args.grid, per_city=4)
