@@ -48,7 +48,7 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     )
     out, records = tmp_path / "quality.json", tmp_path / "runs.jsonl"
     args = ["--data", str(data), "--seconds", "1", "--arms", "smooth-upsample-ada,recipe"]
-    args += ["--samples", "64", "--records", str(records), "--out", str(out)]
+    args += ["--samples", "64", "--draws", "1", "--records", str(records), "--out", str(out)]
     run(quality_bench, [*args, "--seeds", "1"], monkeypatch)
     first = [json.loads(line) for line in records.read_text().splitlines()]
     run(quality_bench, [*args, "--seeds", "2"], monkeypatch)  # seed 0 is not run again
