@@ -125,7 +125,7 @@ def record_evaluation(client: MlflowClient, run_id: str, evaluation: dict) -> Mo
             )
             client.log_metric(run_id, f"eval.{name}", float(value), step=evaluation["step"])
         client.set_model_version_tag(MODEL_NAME, version.version, f"eval.{name}.verdict", verdict)
-    for name, value in city_numbers(evaluation["metrics"]).items():  # per city: charts only
+    for name, value in city_numbers(evaluation.get("metrics", {})).items():  # per city: charts
         client.log_metric(run_id, f"eval.{name}", float(value), step=evaluation["step"])
     return client.get_model_version(MODEL_NAME, version.version)
 
