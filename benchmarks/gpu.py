@@ -110,10 +110,10 @@ def resume_is_exact(bench: Bench, version: DatasetVersion, job: TrainJob, steps:
 
     whole, batches = fresh()
     for _ in range(steps):
-        whole.train_step([next(batches)[0]])
+        whole.train_step([next(batches)])
     first, batches = fresh()
     for _ in range(steps // 2):
-        first.train_step([next(batches)[0]])
+        first.train_step([next(batches)])
     state = copy.deepcopy(first.state_dict())
     rank, data = copy.deepcopy(first.rank_state()), batches.state_dict()
     second, batches = fresh()
@@ -121,7 +121,7 @@ def resume_is_exact(bench: Bench, version: DatasetVersion, job: TrainJob, steps:
     second.load_rank_state(rank)
     batches.load_state_dict(data)
     for _ in range(steps - steps // 2):
-        second.train_step([next(batches)[0]])
+        second.train_step([next(batches)])
     same = all(
         torch.equal(a, b) for a, b in zip(whole.G.state_dict().values(),
                                           second.G.state_dict().values())

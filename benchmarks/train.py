@@ -158,11 +158,11 @@ def run_ours(
     )
     trainer = Trainer(replace(train, batch_size=batch), model, accelerator)
     for _ in range(3):  # warm-up (and, with a CUDA graph, its capture)
-        trainer.train_step([next(batches)[0]])
+        trainer.train_step([next(batches)])
     accelerator.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step([next(batches)[0]])
+        trainer.train_step([next(batches)])
     accelerator.synchronize()
     seconds = time.perf_counter() - start
     return {

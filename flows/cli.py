@@ -142,6 +142,9 @@ def train(
         )
 
 
+CITY_HELP = "A city of a conditional checkpoint (as in its dataset); empty: every city."
+
+
 @app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt from data/runs/<run>/.")],
@@ -151,6 +154,7 @@ def sample(
         float | None, typer.Option(help="Redraw latents with |z| > T (sharper, less varied).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Latent seed: the same seed, the same images.")] = 0,
+    city: Annotated[str, typer.Option(help=CITY_HELP)] = "",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
 ) -> None:
     """Draw a grid of samples from a checkpoint's EMA generator."""
@@ -159,14 +163,17 @@ def sample(
     from gan.accelerators import resolve_accelerator
     from gan.images import image_grid
     from gan.render import save_image
-    from gan.sampling import generate, load_generator
+    from gan.sampling import city_labels, generate, load_generator
 
     with _errors():
         if n < 1:
             raise ValueError(f"--n must be >= 1, got {n}")
         accelerator = resolve_accelerator(device)
-        G, _, _ = load_generator(checkpoint, accelerator.device)
-        images = generate(G, n, seed=seed, device=accelerator.device, truncation=truncation)
+        G, config, _ = load_generator(checkpoint, accelerator.device)
+        labels = city_labels(config, n, city)
+        images = generate(
+            G, n, seed=seed, device=accelerator.device, truncation=truncation, labels=labels
+        )
         save_image(image_grid(images, math.ceil(math.sqrt(n))), out)
     console.print(f"{n} samples -> {out}")
 
@@ -178,17 +185,29 @@ def interpolate(
     points: Annotated[int, typer.Option(help="Latents each loop walks through.")] = 4,
     frames: Annotated[int, typer.Option(help="Frames between two latents.")] = 16,
     seed: Annotated[int, typer.Option(help="Latent seed.")] = 0,
+    city: Annotated[str, typer.Option(help=CITY_HELP)] = "",
+    to_city: Annotated[
+        str, typer.Option(help="Walk the same latents from --city to this city instead.")
+    ] = "",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
 ) -> None:
-    """A GIF of looping SLERP walks through latent space, side by side."""
+    """A GIF of looping SLERP walks through latent space (or, with --to-city, between
+    two cities at fixed latents), side by side."""
     from gan.accelerators import resolve_accelerator
-    from gan.render import interpolation_gif
-    from gan.sampling import load_generator
+    from gan.render import city_morph_frames, interpolation_gif, save_gif
+    from gan.sampling import city_index, load_generator
 
     with _errors():
-        G, _, _ = load_generator(checkpoint, resolve_accelerator(device).device)
-        interpolation_gif(G, out, n_points=points, frames=frames, seed=seed)
-    console.print(f"{points * frames} frames -> {out}")
+        G, config, _ = load_generator(checkpoint, resolve_accelerator(device).device)
+        start = city_index(config, city) if city else None
+        if to_city:
+            if start is None:
+                raise ValueError("--to-city needs --city: the city to walk from")
+            walk = city_morph_frames(G, start, city_index(config, to_city), frames, seed)
+            save_gif(walk, out)
+        else:
+            interpolation_gif(G, out, n_points=points, frames=frames, seed=seed, city=start)
+    console.print(f"{2 * frames if to_city else points * frames} frames -> {out}")
 
 
 @app.command()

@@ -48,19 +48,20 @@ class EMA:
             own.copy_(theirs)
 
     @torch.no_grad()
-    def recompute_batchnorm(self, latents: Iterable[torch.Tensor]) -> None:
+    def recompute_batchnorm(self, batches: Iterable[tuple[torch.Tensor, ...]]) -> None:
         """BatchNorm running statistics of the averaged weights: reset, then a cumulative
-        average (momentum None) over the batch statistics of `latents` (each float
-        [B, nz]) in train mode. G's own running statistics were gathered with G's weights
-        along the way, so they misdescribe the average's activations."""
+        average (momentum None) over the batch statistics of `batches` (each G's inputs:
+        (z float [B, nz],) or, conditional, (z, labels int64 [B])) in train mode. G's own
+        running statistics were gathered with G's weights along the way, so they
+        misdescribe the average's activations."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None
         self.model.train()
-        for z in latents:
-            self.model(z)
+        for inputs in batches:
+            self.model(*inputs)
         self.model.eval()
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum

@@ -101,9 +101,9 @@ def fit(
     started, before = time.perf_counter(), trainer.seconds  # a resumed run adds to its time
     while not _should_stop(budget, trainer.step, time.perf_counter() - started, loop, trainer):
         wait = time.perf_counter()
-        strips = [next(batches)[0] for _ in range(trainer.config.d_steps)]
-        window.add_wait(time.perf_counter() - wait, sum(s.shape[0] for s in strips))
-        window.add(trainer.train_step(strips))
+        drawn = [next(batches) for _ in range(trainer.config.d_steps)]
+        window.add_wait(time.perf_counter() - wait, sum(images.shape[0] for images, _ in drawn))
+        window.add(trainer.train_step(drawn))
         trainer.seconds = before + time.perf_counter() - started
         if trainer.step % loop.log_every == 0:
             metrics = window.flush(trainer)

@@ -28,7 +28,7 @@ from gan.images import (
     strip_windows,
 )
 from gan.models import Generator
-from gan.sampling import generate, latents, slerp
+from gan.sampling import classes_of, draw, generate, latents, slerp
 from shards.atomic import atomic_path
 from shards.decode import decode_jpegs
 from shards.geometry import centre_window
@@ -120,12 +120,19 @@ def _step_of(path: Path) -> int:
 
 @torch.no_grad()
 def interpolation_frames(
-    G: Generator, n_points: int = 4, frames: int = 16, seed: int = 0, size: tuple[int, int] = (2, 4)
+    G: Generator,
+    n_points: int = 4,
+    frames: int = 16,
+    seed: int = 0,
+    size: tuple[int, int] = (2, 4),
+    city: int | None = None,
 ) -> list[Image.Image]:
     """`rows x cols` closed SLERP loops side by side ("Nowhere, USA").
 
     Each loop walks through `n_points` random latents and back to the first, `frames`
     steps per leg: n_points * frames frames in all, the last leading into the first.
+    A conditional G keeps one city per loop: `city` (an index) for all, or each loop
+    its own in turn.
     """
     rows, cols = size
     loops = rows * cols
@@ -135,9 +142,43 @@ def interpolation_frames(
     t = torch.arange(frames, dtype=torch.float32).div(frames).reshape(frames, 1, 1)
     legs = [slerp(keys[:, i], keys[:, (i + 1) % n_points], t) for i in range(n_points)]
     z = torch.cat(legs).flatten(0, 1)  # [n_points*frames*loops, nz], frame-major
-    device = _device(G)
-    images = torch.cat([to_uint8(G(chunk.to(device))).cpu() for chunk in z.split(256)])
-    return [image_grid(frame, cols) for frame in images.split(loops)]
+    labels = None
+    classes = classes_of(G)
+    if classes:
+        per_loop = torch.arange(loops) % classes if city is None else torch.full((loops,), city)
+        labels = per_loop.repeat(n_points * frames)
+    return _frames(G, z, labels, loops, cols)
+
+
+@torch.no_grad()
+def city_morph_frames(
+    G: Generator, start: int, end: int, frames: int = 32, seed: int = 0, size=(2, 4)
+) -> list[Image.Image]:
+    """The same `rows x cols` latents, their city walking from `start` to `end` and back
+    (class indices of a conditional G): 2 * frames frames, the last leading into the first.
+
+    Between the two cities G gets a mix of their conditional-BatchNorm gains and biases,
+    so one street morphs from one city's look to the other's (same z, two labels).
+    """
+    if not classes_of(G):
+        raise ValueError("an unconditional generator has no cities to walk between")
+    rows, cols = size
+    loops = rows * cols
+    t = torch.cat([torch.linspace(0, 1, frames + 1)[:-1], torch.linspace(1, 0, frames + 1)[:-1]])
+    weights = torch.zeros(len(t), classes_of(G))
+    weights[:, start] += 1 - t
+    weights[:, end] += t
+    z = latents(loops, G.nz, seed).repeat(len(t), 1)
+    return _frames(G, z, weights.repeat_interleave(loops, dim=0), loops, cols)
+
+
+def _frames(G: Generator, z: torch.Tensor, labels, loops: int, cols: int) -> list[Image.Image]:
+    """G's images of frame-major inputs (z [F*loops, nz], labels or None), one grid a frame."""
+    device, images = _device(G), []
+    for start in range(0, len(z), 256):
+        y = None if labels is None else labels[start : start + 256]
+        images.append(to_uint8(draw(G, z[start : start + 256], y, device)).cpu())
+    return [image_grid(frame, cols) for frame in torch.cat(images).split(loops)]
 
 
 def interpolation_gif(
@@ -147,9 +188,10 @@ def interpolation_gif(
     frames: int = 16,
     seed: int = 0,
     size: tuple[int, int] = (2, 4),
+    city: int | None = None,
 ) -> Path:
     """Write `interpolation_frames` as a looping GIF (n_points * frames frames)."""
-    return save_gif(interpolation_frames(G, n_points, frames, seed, size), path)
+    return save_gif(interpolation_frames(G, n_points, frames, seed, size, city), path)
 
 
 def _label_rows(grid: Image.Image, labels: list[str], cell: int) -> Image.Image:
@@ -173,11 +215,11 @@ def real_vs_fake_by_city(
 ) -> Path:
     """One row per city: `per_city` real val images, then `per_city` generated ones.
 
-    G is unconditional, so the generated half of each row is chosen, not conditioned:
-    from a pool of generated samples, each goes to the city of its nearest real val
-    image (16 x 16 pixel features; the first `reference_per_city` val images of each
-    city), and each row shows the samples closest to their city.
-    Empty cells (a city with fewer val images or matches) stay black.
+    A conditional G draws each row's samples for that row's city. An unconditional G's
+    are chosen, not conditioned: from a pool of generated samples, each goes to the city
+    of its nearest real val image (16 x 16 pixel features; the first
+    `reference_per_city` val images of each city), and each row shows the samples
+    closest to their city. Empty cells (a city with fewer val images or matches) stay black.
     Size: LABEL_WIDTH + 2*per_city*(R+2)+2 wide, cities*(R+2)+2 high.
     """
     parts = list(split_strips(version, "val", per_city=reference_per_city))
@@ -186,19 +228,34 @@ def real_vs_fake_by_city(
     real = centre_window(torch.cat([strips for strips, _ in parts]))
     cls = torch.cat([labels for _, labels in parts])
     n_cities = len(version.cities)
-    pool = generate(G, min(per_city * n_cities * 4, 4096), seed=seed, device=_device(G))
-    fake_city, fake_distance = nearest(pixel_features(pool), pixel_features(real))
-    fake_city = cls[fake_city]
     side = real.shape[-1]
     cells = torch.zeros(n_cities, 2 * per_city, 3, side, side, dtype=torch.uint8)
     for city in range(n_cities):
         mine = real[cls == city][:per_city]
         cells[city, : len(mine)] = mine
+    if classes_of(G):
+        labels = torch.arange(n_cities).repeat_interleave(per_city)
+        fakes = generate(G, len(labels), seed=seed, device=_device(G), labels=labels)
+        cells[:, per_city:] = fakes.reshape(n_cities, per_city, 3, side, side)
+    else:
+        _fill_nearest(cells, G, real, cls, seed)
+    grid = image_grid(cells.flatten(0, 1), 2 * per_city)
+    return save_image(_label_rows(grid, version.cities, side), path)
+
+
+def _fill_nearest(
+    cells: torch.Tensor, G: Generator, real: torch.Tensor, cls: torch.Tensor, seed: int
+) -> None:
+    """The generated half of each city's row (cells [cities, 2 * per_city, 3, R, R]) from
+    an unconditional G: a pool's samples nearest to that city's real images."""
+    n_cities, per_city = cells.shape[0], cells.shape[1] // 2
+    pool = generate(G, min(per_city * n_cities * 4, 4096), seed=seed, device=_device(G))
+    fake_city, fake_distance = nearest(pixel_features(pool), pixel_features(real))
+    fake_city = cls[fake_city]
+    for city in range(n_cities):
         matches = (fake_city == city).nonzero().flatten()
         best = matches[fake_distance[matches].argsort()][:per_city]
         cells[city, per_city : per_city + len(best)] = pool[best]
-    grid = image_grid(cells.flatten(0, 1), 2 * per_city)
-    return save_image(_label_rows(grid, version.cities, side), path)
 
 
 def split_strips(

@@ -83,6 +83,30 @@ def latents(n: int, nz: int, seed: int, truncation: float | None = None) -> torc
     return z
 
 
+def city_index(config: ModelConfig, city: str) -> int:
+    """The label of `city` in a conditional checkpoint's vocabulary (its dataset's cities).
+
+    ValueError, one line: for an unconditional model, or a name listing the known ones.
+    """
+    if not config.n_classes:
+        raise ValueError(
+            f"this checkpoint's generator is unconditional, so it cannot draw {city!r}; "
+            "train with --conditional city to sample by city"
+        )
+    if city not in config.classes:
+        known = ", ".join(config.classes)
+        raise ValueError(f"unknown city {city!r}; this checkpoint knows: {known}")
+    return config.classes.index(city)
+
+
+def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | None:
+    """G's labels for n samples: int64 [n] on the CPU, all `city` or, with no city, every
+    city in turn; None when G is unconditional and no city is asked for."""
+    if city:
+        return torch.full((n,), city_index(config, city), dtype=torch.int64)
+    return torch.arange(n) % config.n_classes if config.n_classes else None
+
+
 @torch.no_grad()
 def generate(
     G: Generator,
@@ -91,13 +115,38 @@ def generate(
     device: str | torch.device = "cpu",
     batch: int = 256,
     truncation: float | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n images from G: uint8 [n, 3, R, R] on the CPU. The same seed gives the same images."""
+    """n images from G: uint8 [n, 3, R, R] on the CPU. The same seed gives the same images.
+
+    A conditional G draws image i for class labels[i] (int64 [n]); without labels, every
+    class in turn (0, 1, .., K-1, 0, ..).
+    """
     if n < 0 or batch < 1:
         raise ValueError(f"need n >= 0 and batch >= 1, got n={n}, batch={batch}")
     z = latents(n, G.nz, seed, truncation)
-    chunks = z.split(batch) if n else [z]
-    return torch.cat([to_uint8(G(chunk.to(device))).cpu() for chunk in chunks])
+    if classes_of(G) and labels is None:
+        labels = torch.arange(n) % classes_of(G)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} samples")
+    images = []
+    for start in range(0, n, batch) if n else [0]:
+        y = None if labels is None else labels[start : start + batch]
+        images.append(to_uint8(draw(G, z[start : start + batch], y, device)).cpu())
+    return torch.cat(images)
+
+
+def classes_of(G: torch.nn.Module) -> int:
+    """Classes a generator is conditioned on; 0 for ours unconditional and for stand-ins
+    without the attribute (pytorch/examples' netG in the benchmarks, test doubles)."""
+    return getattr(G, "classes", 0)
+
+
+def draw(
+    G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device | str
+) -> torch.Tensor:
+    """G's float images of latents `z` (and `labels`, if any) moved to `device`."""
+    return G(z.to(device)) if labels is None else G(z.to(device), labels.to(device))
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:

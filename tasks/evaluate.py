@@ -25,7 +25,7 @@ from gan.checkpoint import load_checkpoint
 from gan.metrics import EvalConfig, EvalInputs, append_result, compute_metric, metric_names
 from gan.metrics.inception import check_inception_weights
 from gan.models import Discriminator, weights_init
-from gan.sampling import discriminator_from_state, generate, generator_from_state
+from gan.sampling import city_labels, discriminator_from_state, generate, generator_from_state
 from shards.atomic import write_text
 from shards.cache import load_split
 from shards.dataset import resolve_version
@@ -84,13 +84,16 @@ def evaluate_checkpoint(
         return _skipped(checkpoint, state, version, out_dir)
     discriminator, _ = discriminator_from_state(state, accelerator.device)
     val, val_labels, val_groups = load_strips(version, "val", VAL_MIN_IMAGES, workers)
-    train, _, _ = load_strips(version, "train", TRAIN_REFERENCE_IMAGES, workers)
+    train, train_labels, _ = load_strips(version, "train", TRAIN_REFERENCE_IMAGES, workers)
     log.info("evaluating on %d val and %d train strips", len(val), len(train))
-    inputs = EvalInputs(
+    inputs = EvalInputs(  # a conditional G draws every city in turn
         generated=generate(generator, config.samples, SEED, accelerator.device),
         val=val,
         train=train,
         val_labels=val_labels,
+        train_labels=train_labels,
+        generated_labels=city_labels(model, config.samples),
+        city_names=tuple(version.cities),
         val_groups=val_groups,
         discriminator=discriminator,
         random_discriminator=_random_discriminator(model, accelerator.device),

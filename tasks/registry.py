@@ -33,6 +33,7 @@ import shards
 from gan.checkpoint import save_checkpoint
 from shards.provenance import code_version
 from tasks import served_model
+from tasks.city_report import city_numbers
 
 MODEL_NAME = "msls-dcgan"
 DEFAULT_ALIAS = "champion"
@@ -114,6 +115,7 @@ def record_evaluation(client: MlflowClient, run_id: str, evaluation: dict) -> Mo
     Tags `eval.<metric>` (the value) and `eval.<metric>.verdict` let the registry be
     compared without opening reports; run metrics `eval.<metric>` at the evaluated step
     put the numbers in the runs table and charts. Metrics not computed get only a verdict.
+    The per-city numbers (tasks/city_report.py) become run metrics `eval.<metric>.<city>`.
     """
     version = run_version(client, run_id)
     for name, value, _reference, verdict in evaluation["headline"]:
@@ -123,6 +125,8 @@ def record_evaluation(client: MlflowClient, run_id: str, evaluation: dict) -> Mo
             )
             client.log_metric(run_id, f"eval.{name}", float(value), step=evaluation["step"])
         client.set_model_version_tag(MODEL_NAME, version.version, f"eval.{name}.verdict", verdict)
+    for name, value in city_numbers(evaluation.get("metrics", {})).items():  # per city: charts
+        client.log_metric(run_id, f"eval.{name}", float(value), step=evaluation["step"])
     return client.get_model_version(MODEL_NAME, version.version)
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 from gan.images import image_grid
+from tasks.city_report import city_parts
 from tasks.verdicts import format_value
 
 GRID_IMAGES = 64
 HEALTH_ROWS = 12  # stats lines shown, evenly spaced over the run
-_GOOD = ("as good as real", "near real", "beats", "no sign", "ok", "healthy")
-_BAD = ("far from", "collapse", "possible copies", "no better", "low diversity", "overpowering")
+_GOOD = ("as good as real", "near real", "beats", "no sign", "ok", "healthy", "recognised as")
+_BAD = ("far from", "collapse", "possible copies", "no better", "low diversity", "overpowering",
+        "not recognised")  # fmt: skip
 _HEALTH_COLUMNS = {
     "loss_d": "loss D",
     "loss_g": "loss G",
@@ -76,6 +78,7 @@ def render_report(evaluation: dict, generated: torch.Tensor, real: torch.Tensor)
         _table(["metric", "ours", "reference / floor", "verdict"], evaluation["headline"]),
         *_swd_section(metrics),
         *_probe_section(metrics.get("probe_city", {})),
+        *city_parts(metrics, _table),
         *_health_section(evaluation.get("training") or {}),
         *_details_section(metrics),
         *_samples_section(evaluation, generated, real),

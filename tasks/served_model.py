@@ -12,9 +12,9 @@ Request: a table, one row per request (pandas DataFrame, or over HTTP
     n           long, required   images to draw, 1..MAX_IMAGES (MAX_TOTAL over all rows)
     seed        long, optional   latent seed (default 0): the same seed, the same images
     truncation  double, optional redraw every |z| > truncation (sharper, less varied)
-
-A later class-conditional model adds an optional `city` column; requests without it
-stay valid.
+    city        string, optional a city of a conditional model's dataset (`msls sample
+                                 --city`); left out: every city in turn. An unconditional
+                                 model refuses it; an unknown name lists the known ones.
 
 Response: a table, one row per image, in request order:
 
@@ -53,6 +53,7 @@ SIGNATURE = ModelSignature(
             ColSpec("long", "n"),
             ColSpec("long", "seed", required=False),
             ColSpec("double", "truncation", required=False),
+            ColSpec("string", "city", required=False),
         ]
     ),
     outputs=Schema(
@@ -71,27 +72,33 @@ class GeneratorModel(PythonModel):
         self.generator, self.config, _ = load_generator(context.artifacts[ARTIFACT], "cpu")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from gan.sampling import generate
+        from gan.sampling import city_labels, generate
 
         requests = parse_requests(model_input)
         rows = []
-        for number, (n, seed, truncation) in enumerate(requests):
-            images = generate(self.generator, n, seed=seed, truncation=truncation)
+        for number, (n, seed, truncation, city) in enumerate(requests):
+            try:
+                labels = city_labels(self.config, n, city)
+            except ValueError as exc:
+                _refuse(str(exc))
+            images = generate(self.generator, n, seed=seed, truncation=truncation, labels=labels)
             rows += [(number, i, png_base64(image)) for i, image in enumerate(images)]
         return pd.DataFrame(rows, columns=["request", "index", "png"])
 
 
-def parse_requests(frame: pd.DataFrame) -> list[tuple[int, int, float | None]]:
-    """[(n, seed, truncation or None), ...] from the request table; one clear error if bad."""
+def parse_requests(frame: pd.DataFrame) -> list[tuple[int, int, float | None, str]]:
+    """[(n, seed, truncation or None, city or ""), ...] from the request table; one clear
+    error if bad."""
     requests = []
     for row in frame.to_dict("records"):
         n, seed, truncation = row["n"], _given(row.get("seed")), _given(row.get("truncation"))
+        city = _given(row.get("city")) or ""
         if not 1 <= n <= MAX_IMAGES:
             _refuse(f"n must be 1..{MAX_IMAGES} per request row, got {n}")
         if truncation is not None and truncation <= 0:
             _refuse(f"truncation must be > 0 (or left out), got {truncation}")
-        requests.append((int(n), int(seed or 0), truncation))
-    total = sum(n for n, _, _ in requests)
+        requests.append((int(n), int(seed or 0), truncation, str(city)))
+    total = sum(request[0] for request in requests)
     if total > MAX_TOTAL:
         _refuse(f"at most {MAX_TOTAL} images per call, asked for {total}; split the request")
     return requests

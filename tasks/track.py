@@ -226,7 +226,9 @@ class MlflowCallback:
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         if (self.run_dir / "samples").is_dir():
             self.client.log_artifacts(self.run_id, str(self.run_dir / "samples"), "samples")
-        state = {"ema": trainer.ema.state_dict(), "job": self.job.to_dict()}
+        # the model as trained: the dataset set its resolution and (conditional) cities
+        job = {**self.job.to_dict(), "model": trainer.model_config.as_dict()}
+        state = {"ema": trainer.ema.state_dict(), "job": job}
         register_generator(self.client, self.run_id, state, self.job.dataset, trainer.step)
         self.end("FINISHED")
 

@@ -101,8 +101,10 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
         if state is not None:  # the checkpoint's configs rebuild what it was trained with
             job = _with_saved_configs(job, state["job"])
         version = DatasetVersion(DataLayout.at(job.data_root).dataset(job.dataset))
-        if state is None:  # the model is built for the dataset's resolution
-            job = replace(job, model=replace(job.model, resolution=version.resolution))
+        if state is None:  # the model is built for the dataset's resolution (and cities)
+            classes = tuple(version.cities) if job.model.conditional else ()
+            model = replace(job.model, resolution=version.resolution, classes=classes)
+            job = replace(job, model=model)
         held = (
             lease(DataLayout.at(job.data_root), job.dataset, f"train-{run_dir.name}-{world.rank}")
             if world.is_main

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tasks.city_report import city_headline
+
 COLLAPSE_RATIO = 0.5  # diversity ratio below which samples count as collapsed
 NEAR_REAL_RATIO = 2.0  # SWD ratio bands beyond the floor's own spread (issue 13's goals)
 FAIR_RATIO = 3.0
@@ -39,6 +41,7 @@ def headline(metrics: dict, training: dict | None = None) -> list[list]:
             ratio = result["ratio"] or 0.0
             verdict = "mode collapse" if collapsed else "low diversity" if ratio < 0.8 else "ok"
             rows.append([name, result["ratio"], 1.0, verdict])
+    rows += city_headline(metrics)
     if training and training.get("steps") is not None:
         rows.append(["training", training["steps"], None, _training(training)])
     return rows

@@ -48,7 +48,7 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     )
     out, records = tmp_path / "quality.json", tmp_path / "runs.jsonl"
     args = ["--data", str(data), "--seconds", "1", "--arms", "smooth-upsample-ada,recipe"]
-    args += ["--samples", "64", "--records", str(records), "--out", str(out)]
+    args += ["--samples", "64", "--draws", "1", "--records", str(records), "--out", str(out)]
     run(quality_bench, [*args, "--seeds", "1"], monkeypatch)
     first = [json.loads(line) for line in records.read_text().splitlines()]
     run(quality_bench, [*args, "--seeds", "2"], monkeypatch)  # seed 0 is not run again
@@ -76,3 +76,20 @@ def test_gpu_benchmark_arms_are_the_preset_and_named_changes():
     plain = replace_options(job, ARMS["transposed"])
     assert (plain.model.generator, plain.train.diffaugment) == ("transposed", "")
     assert plain.train.seed == 2 and plain.model.ngf == 8  # nothing else moved
+
+
+@pytest.mark.slow
+def test_conditional_benchmark_scores_both_arms_and_a_small_city(tmp_path, monkeypatch):
+    from benchmarks import conditional as conditional_bench
+
+    data = tmp_path / "bench"
+    run(train_bench, ["setup", "--images", "240", "--val-fraction", "0.2", "--out", str(data)],
+        monkeypatch)  # fmt: skip
+    out, grid = tmp_path / "conditional.json", tmp_path / "grid.png"
+    args = ["--data", str(data), "--seeds", "1", "--seconds", "3", "--few", "4"]
+    run(conditional_bench, [*args, "--out", str(out), "--grid", str(grid)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert set(result["arms"]) == {"unconditional", "conditional"}
+    assert 0 <= result["arms"]["conditional"]["recognised_mean"] <= 1
+    assert 0 < len(result["runs"][0]["swd_by_city"]) <= len(result["cities"])  # tiny val: some skip
+    assert result["few"]["runs"][0]["train_images"] == 4 and grid.stat().st_size > 0

@@ -38,9 +38,11 @@ def trainer(**train) -> Trainer:
     return Trainer(config, TINY_MODEL, resolve_accelerator("cpu"))
 
 
-def strips(seed: int = 0) -> list[torch.Tensor]:
+def strips(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One D step's batch: (uint8 strips [8, 3, 64, 128], city int64 [8])."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (8, 3, 64, 128), dtype=torch.uint8, generator=g)]
+    batch = torch.randint(0, 256, (8, 3, 64, 128), dtype=torch.uint8, generator=g)
+    return [(batch, torch.zeros(8, dtype=torch.int64))]
 
 
 def images(n: int = 8) -> torch.Tensor:
@@ -131,7 +133,9 @@ def test_every_d_call_sees_augmented_images_real_fake_and_gs_pass():
         t = trainer(diffaugment=policy)
         seen: list[torch.Tensor] = []
         d_forward = t.d_forward
-        t.d_forward = lambda x, seen=seen, d=d_forward: seen.append(x.detach().clone()) or d(x)
+        t.d_forward = lambda x, y, seen=seen, d=d_forward: (
+            seen.append(x.detach().clone()) or d(x, y)
+        )
         t.train_step(strips())
         assert len(seen) == 3  # D on real, D on fake, D in G's update
         for batch in seen:
@@ -223,7 +227,7 @@ def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights():
     with torch.no_grad():
         ema.model[0].weight.mul_(3.0)  # the average drifts away from the model's weights
     latents = torch.randn(3, 16, 4).unbind(0)
-    ema.recompute_batchnorm(latents)
+    ema.recompute_batchnorm((z,) for z in latents)  # G's inputs: (z,) unconditional
     with torch.no_grad():
         activations = torch.cat([ema.model[0](z) for z in latents])
     norm = ema.model[1]

@@ -61,7 +61,8 @@ def noisy(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def test_registry_names_state_their_protocol():
     assert metric_names(2048) == [
-        "swd2k_valwin", "fid2k_valwin", "kid2k_valwin", "probe_city", "memorisation", "diversity"
+        "swd2k_valwin", "fid2k_valwin", "kid2k_valwin", "probe_city", "memorisation", "diversity",
+        "city_swd2k_valwin", "city_test2k",
     ]  # fmt: skip
     assert metric_names(500)[0] == "swd500_valwin" and count_label(50_000) == "50k"
     with pytest.raises(ValueError, match="unknown metric 'fid50k'; choose from swd2_valwin"):

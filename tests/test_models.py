@@ -171,3 +171,66 @@ def test_ema_of_identical_weights_stays_put():
     for a, b in zip(ema.model.parameters(), model.parameters()):
         assert torch.equal(a, b)
     assert math.isclose(ema.beta, 0.5)
+
+
+CITIES = ("austin", "paris", "tokyo")
+
+
+def test_conditional_models_add_only_the_class_embeddings():
+    config = ModelConfig(conditional="city", classes=CITIES)
+    generator, discriminator = build_models(config)
+    # G: each BatchNorm's 2C affine parameters become 2C per class (C = 512+256+128+64);
+    # D: one embedding of its last width (512) per class, for the projection.
+    assert n_params(generator) == 3_576_704 + 2 * 960 * (len(CITIES) - 1)
+    assert n_params(discriminator) == 2_765_568 + 512 * len(CITIES)
+    assert ModelConfig(classes=CITIES).n_classes == 0  # unconditional: the paper's models
+    assert n_params(build_models(ModelConfig(classes=CITIES))[0]) == 3_576_704
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+@pytest.mark.parametrize("kind", GENERATORS)
+def test_conditional_shapes_and_labels_matter(resolution, kind):
+    config = ModelConfig(
+        resolution=resolution, generator=kind, conditional="city", classes=CITIES, **SMALL
+    )
+    generator, discriminator = build_models(config)
+    generator.eval()
+    discriminator.eval()
+    z = torch.randn(3, config.nz).repeat(2, 1)
+    labels = torch.tensor([0, 1, 2, 2, 0, 1])
+    images = generator(z, labels)
+    assert images.shape == (6, 3, resolution, resolution)
+    assert not torch.allclose(images[:3], images[3:])  # same z, other city: other image
+    logits = discriminator(images, labels)
+    assert logits.shape == (6,)
+    assert not torch.allclose(logits, discriminator(images, labels.roll(1)))
+
+
+def test_conditional_models_demand_labels_and_unconditional_ones_refuse_them():
+    conditional = ModelConfig(conditional="city", classes=CITIES, **SMALL)
+    generator, _ = build_models(conditional)
+    with pytest.raises(ValueError, match="conditional on 3 classes: pass labels"):
+        generator(torch.randn(2, SMALL["nz"]))
+    plain_g, _ = build_models(ModelConfig(**SMALL))
+    with pytest.raises(ValueError, match="unconditional"):
+        plain_g(torch.randn(2, SMALL["nz"]), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="needs its classes"):
+        build_models(ModelConfig(conditional="city"))
+    with pytest.raises(ValueError, match="conditional must be"):
+        ModelConfig(conditional="weather")
+
+
+def test_conditional_spectral_norm_covers_the_projection():
+    config = ModelConfig(conditional="city", classes=CITIES, spectral_norm=True, **SMALL)
+    _, discriminator = build_models(config)
+    assert hasattr(discriminator.embed, "parametrizations")
+
+
+def test_ema_batchnorm_refresh_takes_labels():
+    config = ModelConfig(conditional="city", classes=CITIES, **SMALL)
+    generator, _ = build_models(config)
+    ema = EMA(generator)
+    z, labels = torch.randn(8, SMALL["nz"]), torch.arange(8) % 3
+    ema.recompute_batchnorm([(z, labels)])
+    norm = ema.model.main[1].norm
+    assert norm.num_batches_tracked == 1 and not torch.equal(norm.running_var, torch.ones(64))

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,16 +21,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from gan.sampling import generate, load_generator
-from tasks.registry import MODEL_NAME, promote, record_evaluation, requirements
+from tasks.registry import MODEL_NAME, promote, record_evaluation, requirements, run_version
 from tasks.served_model import MAX_IMAGES, MAX_TOTAL
 from tasks.track import MlflowCallback, pin_run, run_id_of, tracking_uri
 from tasks.train import train_model
-from tests.tiny import build_dataset, tiny_job
+from tests.tiny import TINY_MODEL, build_dataset, tiny_job
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,8 @@ def test_the_model_is_code_and_weights_with_a_signature_and_example_no_pickle(tr
     assert {"code/gan/models.py", "code/shards/atomic.py"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pyc"))]
     info = mlflow.models.get_model_info(str(path))
-    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["n", "seed", "truncation"]
+    names = [c["name"] for c in info.signature.inputs.to_dict()]
+    assert names == ["n", "seed", "truncation", "city"]
     assert json.loads((path / "input_example.json").read_text())["data"] == [[2, 0]]
     assert (path / "requirements.txt").read_text().split() == requirements()
 
@@ -99,6 +102,7 @@ def test_the_model_is_code_and_weights_with_a_signature_and_example_no_pickle(tr
         ({"n": [MAX_IMAGES] * (MAX_TOTAL // MAX_IMAGES + 1)}, "split the request"),
         ({"n": [1], "truncation": [-1.0]}, "truncation must be > 0"),
         ({"seed": [1]}, "missing inputs \\['n'\\]"),
+        ({"n": [1], "city": ["paris"]}, "unconditional, so it cannot draw 'paris'"),
     ],
 )
 def test_a_bad_request_gets_one_clear_error(trained, frame, message):
@@ -202,3 +206,22 @@ def test_msls_promote_takes_a_run_name_and_says_what_it_did(trained):
     result = CliRunner().invoke(app, ["--data-root", str(trained.root), "promote", "no-such-run"])
     assert result.exit_code == 1
     assert "registered no msls-dcgan version" in result.output
+
+
+def test_a_conditional_model_draws_the_requested_city(tmp_path, monkeypatch):
+    root = build_dataset(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(root))
+    model = replace(TINY_MODEL, conditional="city")
+    job, run_dir = pin_run(tiny_job(root, run="served-city", model=model))
+    with MlflowCallback(job, run_dir) as tracker:
+        result = train_model(job, [tracker])
+    version = run_version(MlflowClient(tracking_uri(root)), run_id_of(run_dir))
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    out = served.predict(pd.DataFrame({"n": [2, 2], "seed": [1, 1], "city": ["paris", "tokyo"]}))
+    G, _, _ = load_generator(result["checkpoint"])
+    for request, city in enumerate([1, 2]):
+        want = generate(G, 2, seed=1, labels=torch.full((2,), city))
+        got = [decode(row.png) for row in out.itertuples() if row.request == request]
+        np.testing.assert_array_equal(np.stack(got), want.permute(0, 2, 3, 1).numpy())
+    with pytest.raises(MlflowException, match=r"unknown city 'helsinki'; .* austin, paris, tokyo"):
+        served.predict(pd.DataFrame({"n": [1], "city": ["helsinki"]}))

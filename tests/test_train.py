@@ -61,6 +61,35 @@ def test_resume_continues_exactly(data_root, cache):
             assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
 
 
+CONDITIONAL = replace(TINY_MODEL, conditional="city")
+
+
+def test_conditional_resume_continues_exactly_and_records_the_cities(data_root):
+    train = TrainConfig(batch_size=8, diffaugment="color,translation", ada_target=0.6)
+    loader = LoaderConfig(cache="host", workers=0, city_temperature=0.5)
+    run = dict(model=CONDITIONAL, train=train, loader=loader)
+    straight = train_model(job(data_root, steps=6, run="cond-straight", **run))
+    half = train_model(job(data_root, steps=3, run="cond-half", **run))
+    resumed = train_model(job(data_root, steps=6, resume=half["run"], **run))
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert b["step"] == 6
+    assert list(a["job"]["model"]["classes"]) == ["austin", "paris", "tokyo"]  # dataset.json order
+    assert a["job"]["model"]["conditional"] == "city"
+    assert "embed.weight" in a["D"] and "main.1.embed.weight" in a["ema"]
+    for part in ("G", "D", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
+
+
+@pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
+def test_conditional_models_train_with_other_losses(data_root, loss):
+    model = replace(CONDITIONAL, d_norm="layer", spectral_norm=loss == "hinge")
+    train = TrainConfig(batch_size=8, loss=loss, d_steps=2, r1_gamma=1.0, r1_every=2)
+    result = train_model(job(data_root, steps=2, train=train, model=model))
+    state = load_checkpoint(result["checkpoint"])
+    assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
+
+
 @pytest.mark.parametrize("loss", ["bce", "hinge", "wgan-gp"])
 def test_every_loss_trains(data_root, loss):
     model = replace(TINY_MODEL, d_norm="layer") if loss == "wgan-gp" else TINY_MODEL
@@ -138,6 +167,10 @@ def test_two_cpu_ranks_with_gloo_train_and_resume(data_root):
     assert not torch.equal(state["ranks"][0]["rng"], state["ranks"][1]["rng"])
     resumed = train_model(job(data_root, steps=4, nproc=2, resume="ddp"))
     assert load_checkpoint(resumed["checkpoint"])["step"] == 4
+    conditional = train_model(
+        job(data_root, steps=2, nproc=2, model=CONDITIONAL, loader=LoaderConfig(workers=0))
+    )
+    assert load_checkpoint(conditional["checkpoint"])["job"]["model"]["classes"]
     with pytest.raises(ValueError, match="--nproc 2"):
         train_model(job(data_root, steps=6, nproc=1, resume="ddp"))
 

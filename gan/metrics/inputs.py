@@ -57,6 +57,9 @@ class EvalInputs:
     val: torch.Tensor  # uint8 [M, 3, R, W] val strips (W >= R; W = R for square images)
     train: torch.Tensor  # uint8 [T, 3, R, W] strips of a sample of the train split
     val_labels: torch.Tensor | None = None  # int64 [M] city index
+    train_labels: torch.Tensor | None = None  # int64 [T] city index
+    generated_labels: torch.Tensor | None = None  # int64 [N]: the city asked for (conditional)
+    city_names: tuple[str, ...] = ()  # dataset.json's cities: label i is city_names[i]
     val_groups: torch.Tensor | None = None  # int64 [M] sequence id; None: probe splits by index
     discriminator: nn.Module | None = None  # the trained D, eval mode
     random_discriminator: nn.Module | None = None  # same architecture, DCGAN init
