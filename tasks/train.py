@@ -24,7 +24,6 @@ from gan.distributed import World, init_process_group, shutdown, world_from_env
 from gan.loop import Budget, Callback, ProgressCallback, fit, options_json, restore
 from gan.trainer import Trainer
 from shards.atomic import write_text
-from shards.dataset import resolve_version, resume_version
 from shards.layout import DataLayout
 from shards.options import from_dict
 from shards.provenance import code_version
@@ -33,19 +32,13 @@ from shards.retention import lease
 from shards.rundir import RunDir
 from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
+from tasks.versions import pin_dataset
 
 
 def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
-    if job.resume:  # the checkpoint's dataset version, not LATEST's
-        checkpoint = _checkpoint_path(RunDir.for_run(layout, "", resume=job.resume).path, job)
-        recorded = load_checkpoint(checkpoint, mmap=True).get("dataset")
-        job = replace(job, dataset=resume_version(layout, job.dataset, recorded, checkpoint))
-    job = replace(job, dataset=resolve_version(layout, job.dataset))
-    if job.nproc > 1:  # a dataset too small for the ranks says so once, before they start
-        version = DatasetVersion(layout.dataset(job.dataset))
-        version.batches_per_rank("train", job.train.batch_size, job.nproc)
+    job = pin_dataset(job)  # a resume's own version; too small for nproc: one line, now
     run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if job.nproc > 1 and world_from_env().size == 1:
         return _launch(job, run_dir)
