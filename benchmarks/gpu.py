@@ -47,11 +47,18 @@ from gan.render import image_grid, save_image
 from gan.sampling import generate
 from gan.trainer import Trainer
 from shards.cache import CachedBatches, load_split
-from shards.options import build
+from shards.options import build, flat
 from shards.reader import make_batches
 from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
+
+# Our arms: the gpu preset, and what it was chosen against on the GPU.
+ARMS: dict[str, dict] = {
+    "gpu-preset": {},  # label smoothing 0.1, upsample+conv G, DiffAugment
+    "smooth-upsample": {"diffaugment": ""},  # the CPU sweep's winners alone
+    "transposed": {"generator": "transposed", "diffaugment": ""},  # the paper's G: cheaper
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class Bench:
     device: str = "cuda"
     samples: int = 2048  # generated images per SWD, and real windows per set (swd2k_valwin)
     overrides: dict = field(default_factory=dict)  # --set name=value over the gpu preset
+    arms: dict = field(default_factory=lambda: dict(ARMS))  # --arms: which of ARMS
 
     def job(self, version: str, seconds: float, seed: int) -> TrainJob:
         """The `gpu` preset (and any --set) for `seconds` of training on `version`."""
@@ -77,11 +85,15 @@ class Bench:
 def throughput(
     bench: Bench, data: Path, job: TrainJob, batches: list[int], steps: int
 ) -> list[dict]:
+    """Images/s of each arm's model at each batch size, eager and CUDA-graphed."""
     rows = []
-    for batch in batches:
-        for graph in (False, True):
-            train = replace(job.train, batch_size=batch, cuda_graph=graph)
-            rows.append(run_ours(data, bench.device, steps, batch, train, job.model))
+    for arm, changes in bench.arms.items():
+        arm_job = replace_options(job, changes)
+        for batch in batches:
+            for graph in (False, True):
+                train = replace(arm_job.train, batch_size=batch, cuda_graph=graph)
+                row = run_ours(data, bench.device, steps, batch, train, arm_job.model)
+                rows.append({"arm": arm, **row})
     return rows
 
 
@@ -170,20 +182,29 @@ def recipe_score(bench: Bench, G: torch.nn.Module, strips: dict, seed: int) -> d
 
 
 def quality(bench: Bench, data: Path, version: str, seconds: float, seeds: int, out: Path) -> dict:
+    """Each of `ARMS` and the recipe from scratch for `seconds`, seed-major; scores, grids."""
     version_dir = data / "data" / "datasets" / version
     v = DatasetVersion(version_dir)
     strips = {s: load_split(v, s)[0] for s in ("val", "train")}
     rows = []
-    for seed in range(seeds):  # seed-major: drift in the machine hits both arms alike
-        G, steps = train_ours(version_dir, bench.job(version, seconds, seed), out / f"ours-{seed}")
-        rows.append({"arm": "ours-gpu-preset", "seed": seed, "steps": steps,
-                     **score(bench, G, strips, seed)})  # fmt: skip
-        bench.grid(G, out / f"ours-{seed}.png")
+    for seed in range(seeds):  # seed-major: drift in the machine hits every arm alike
+        for arm, changes in bench.arms.items():
+            job = replace_options(bench.job(version, seconds, seed), changes)
+            G, steps = train_ours(version_dir, job, out / f"{arm}-{seed}")
+            rows.append({"arm": arm, "seed": seed, "steps": steps,
+                         **score(bench, G, strips, seed)})  # fmt: skip
+            bench.grid(G, out / f"{arm}-{seed}.png")
         G, steps = train_recipe(bench, data / "imagefolder", seconds, seed)
         rows.append({"arm": "recipe", "seed": seed, "steps": steps,
                      **recipe_score(bench, G, strips, seed)})  # fmt: skip
         bench.grid(G, out / f"recipe-{seed}.png")
-    return {"seconds_per_arm": seconds, "runs": rows}
+    return {"seconds_per_arm": seconds, "arms": {"recipe": "pytorch/examples", **bench.arms},
+            "runs": rows}  # fmt: skip
+
+
+def replace_options(job: TrainJob, changes: dict) -> TrainJob:
+    """`job` with some options changed by name (the arms' differences from the preset)."""
+    return build(TrainJob, {**flat(job), **changes}) if changes else job
 
 
 def main() -> None:
@@ -195,11 +216,13 @@ def main() -> None:
     parser.add_argument("--preset-minutes", type=float, default=2.0)
     parser.add_argument("--batch-sizes", default="256,1024,4096")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--arms", default=",".join(ARMS), help="which of ARMS to run")
     parser.add_argument("--samples", type=int, default=2048, help="generated images per SWD")
     parser.add_argument("--device", default="cuda", help="cpu: a quick smoke test of the script")
     parser.add_argument("--set", nargs="*", default=[], help="name=value options over the preset")
     args = parser.parse_args()
-    bench = Bench(args.device, args.samples, _parse_set(args.set))
+    arms = {name: ARMS[name] for name in args.arms.split(",")}
+    bench = Bench(args.device, args.samples, _parse_set(args.set), arms)
     data, result = args.out / "bench", {"benchmark": "gpu"}
     gpu = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
     result["machine"] = {"python": platform.python_version(), "torch": torch.__version__,

@@ -130,7 +130,9 @@ def train(
             )
             return
         from flows.train import train as train_flow
+        from tasks.train import pin_dataset
 
+        pin_dataset(job)  # a missing version or too small a split: one line, nothing started
         values = {**flat(job), **flat(resolved.evaluation)}
         result = train_flow(source="", data_root=str(layout.root), **values)
     console.print(f"run {result['run']}: checkpoint {result['checkpoint']}")

@@ -33,13 +33,13 @@ from prefect import task
 from gan.distributed import world_from_env
 from gan.trainer import Trainer
 from shards.atomic import write_text
+from shards.dataset import resolve_version
 from shards.layout import DataLayout, default_data_root
 from shards.options import flat
 from shards.provenance import code_version
 from shards.rundir import RunDir
 from tasks.jobs import TrainJob
 from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
-from tasks.versions import pin_dataset
 
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 # MLflow 3.17's UI picks its GenAI or model-training view from its workflow-type switch
@@ -107,7 +107,7 @@ def pin_run(job: TrainJob) -> tuple[TrainJob, Path]:
     know it before `train_model` starts; a job pinned here trains into exactly it.
     """
     layout = DataLayout.at(job.data_root)
-    job = pin_dataset(job)  # a resume continues on its checkpoint's version (#14)
+    job = replace(job, dataset=resolve_version(layout, job.dataset))
     run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if not job.resume:
         job = replace(job, run=run_dir.name)

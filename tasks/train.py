@@ -24,6 +24,7 @@ from gan.distributed import World, init_process_group, shutdown, world_from_env
 from gan.loop import Budget, Callback, ProgressCallback, fit, options_json, restore
 from gan.trainer import Trainer
 from shards.atomic import write_text
+from shards.dataset import resolve_version, resume_version
 from shards.layout import DataLayout
 from shards.options import from_dict
 from shards.provenance import code_version
@@ -32,13 +33,31 @@ from shards.retention import lease
 from shards.rundir import RunDir
 from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
-from tasks.versions import pin_dataset
+
+
+def pin_dataset(job: TrainJob) -> TrainJob:
+    """`job` on the dataset version it will train on, checked before any work starts.
+
+    A resume continues on its checkpoint's version (not LATEST's); `latest` is resolved;
+    a split too small for `nproc` ranks of `batch_size` says so in one line now, not
+    once per rank after they started.
+    """
+    layout = DataLayout.at(job.data_root)
+    if job.resume:
+        checkpoint = _checkpoint_path(RunDir.for_run(layout, "", resume=job.resume).path, job)
+        recorded = load_checkpoint(checkpoint, mmap=True).get("dataset")
+        job = replace(job, dataset=resume_version(layout, job.dataset, recorded, checkpoint))
+    job = replace(job, dataset=resolve_version(layout, job.dataset))
+    if job.nproc > 1:
+        version = DatasetVersion(layout.dataset(job.dataset))
+        version.batches_per_rank("train", job.train.batch_size, job.nproc)
+    return job
 
 
 def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
-    job = pin_dataset(job)  # a resume's own version; too small for nproc: one line, now
+    job = pin_dataset(job)
     run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if job.nproc > 1 and world_from_env().size == 1:
         return _launch(job, run_dir)
@@ -174,7 +193,7 @@ def train_tracked(job: TrainJob) -> dict:
     from tasks.progress import StatsProgress, TrainingProgress
     from tasks.track import MlflowCallback, pin_run, run_id_of
 
-    job, run_dir = pin_run(job)
+    job, run_dir = pin_run(pin_dataset(job))
     progress = TrainingProgress(job)  # a bar in the Prefect UI
     with MlflowCallback(job, run_dir) as tracker:  # a crash marks the MLflow run FAILED
         if job.nproc > 1 and world_from_env().size == 1:

@@ -98,13 +98,13 @@ def test_too_small_for_the_ranks_is_one_line(one_shard):
 
 def test_the_flows_train_step_refuses_before_torchrun(one_shard):
     from gan.trainer import TrainConfig
-    from tasks.track import pin_run
+    from tasks.train import pin_dataset
     from tests.tiny import tiny_job
 
     root = one_shard.path.parent.parent
     job = tiny_job(root, nproc=2, train=TrainConfig(batch_size=64))
     with pytest.raises(DatasetError, match="across 2 processes"):
-        pin_run(job)  # what train_tracked does before it launches torchrun
+        pin_dataset(job)  # what train_tracked does before it launches torchrun
 
 
 @pytest.mark.slow

@@ -61,11 +61,12 @@ def test_a_resume_continues_on_the_checkpoints_version_and_holds_its_lease(moved
 
 
 def test_the_tracked_path_pins_the_checkpoints_version_too(moved):
-    """The flow's train step pins its run (tasks.track.pin_run) before training."""
+    """The flow's train step (train_tracked) pins its job as train_model does."""
     from tasks.track import pin_run
+    from tasks.train import pin_dataset
 
     layout, first = moved
-    job, _ = pin_run(tiny_job(layout.root, steps=6, resume="r"))
+    job, _ = pin_run(pin_dataset(tiny_job(layout.root, steps=6, resume="r")))
     assert job.dataset == first
 
 
