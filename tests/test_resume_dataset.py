@@ -60,6 +60,16 @@ def test_a_resume_continues_on_the_checkpoints_version_and_holds_its_lease(moved
     assert watch.seen and all(n == 1 for n in watch.seen)
 
 
+def test_the_tracked_path_pins_the_checkpoints_version_too(moved):
+    """The flow's train step (train_tracked) pins its job as train_model does."""
+    from tasks.track import pin_run
+    from tasks.train import pin_dataset
+
+    layout, first = moved
+    job, _ = pin_run(pin_dataset(tiny_job(layout.root, steps=6, resume="r")))
+    assert job.dataset == first
+
+
 def test_naming_the_same_version_is_fine_and_another_is_refused_in_one_line(moved):
     layout, first = moved
     latest = resolve_version(layout)
