@@ -116,7 +116,7 @@ def train(
     """Train, render and evaluate on a dataset version; tracked in MLflow.
 
     Options: explicit flags > --config file > --preset > defaults. With --nproc > 1 it
-    trains under torchrun without tracking or evaluation.
+    trains under torchrun, tracked, rendered and evaluated as one process is.
     """
     from tasks.jobs import PipelineJob
 
@@ -129,15 +129,12 @@ def train(
                 json.dumps({**job.to_dict(), "evaluation": asdict(resolved.evaluation)})
             )
             return
-        if job.nproc > 1:
-            from tasks.train import train_model
+        from flows.train import train as train_flow
+        from tasks.train import pin_dataset
 
-            result = train_model(job)
-        else:
-            from flows.train import train as train_flow
-
-            values = {**flat(job), **flat(resolved.evaluation)}
-            result = train_flow(source="", data_root=str(layout.root), **values)
+        pin_dataset(job)  # a missing version or too small a split: one line, nothing started
+        values = {**flat(job), **flat(resolved.evaluation)}
+        result = train_flow(source="", data_root=str(layout.root), **values)
     console.print(f"run {result['run']}: checkpoint {result['checkpoint']}")
     if "report" in result:
         console.print(
@@ -261,6 +258,21 @@ def evaluate(
         result = evaluate_checkpoint(checkpoint, layout.root, dataset, judge, device=device)
     console.print(summary_markdown(result), highlight=False)
     console.print(f"written: {checkpoint.parent / 'evaluation.json'}, report.html")
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run name under data/runs, or an MLflow run id.")],
+    alias: Annotated[str, typer.Option(help="Registry alias to point at it.")] = "champion",
+) -> None:
+    """Point models:/msls-dcgan@ALIAS at the newest version a run registered."""
+    from tasks.track import promote_run
+
+    layout: DataLayout = ctx.obj
+    with _errors():
+        version = promote_run(run, alias, layout.root)
+    console.print(f"models:/msls-dcgan@{alias} -> version {version.version} (run {version.run_id})")
 
 
 @app.command()

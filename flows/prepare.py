@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow
+from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.options import resolve, with_options
@@ -21,6 +22,7 @@ from shards.parallel import cpu_count
 from shards.writer import ShardJob
 from tasks.catalog import catalog_task
 from tasks.jobs import PrepareJob
+from tasks.progress import PREPARE_KEY, PREPARE_SHARES, PrefectProgress
 from tasks.publish import publish_task
 from tasks.shard import finalize_task, write_shard_task
 from tasks.source import acquire_source_task
@@ -28,13 +30,18 @@ from tasks.split import split_task
 
 
 @flow(name="msls-write-shards", task_runner=ThreadPoolTaskRunner(max_workers=cpu_count()))
-def write_shards(jobs: list[ShardJob]) -> list[dict]:
+def write_shards(jobs: list[ShardJob], progress: str = "") -> list[dict]:
     """One task run per shard, on all cores here or on a Dask cluster (`shard_runner`).
 
     Threads by default: decode, resize and encode release the GIL (measured 1.8x on
     2 cores), and a process pool makes each worker start its own Prefect API server.
+    `progress`: the id of the prepare flow's progress artifact, moved as shards finish.
     """
-    return [future.result() for future in write_shard_task.map(jobs)]
+    bar = PrefectProgress(PREPARE_KEY, "", progress, *PREPARE_SHARES["shards"])
+    futures = write_shard_task.map(jobs)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        bar.update(done / len(jobs))
+    return [future.result() for future in futures]
 
 
 def shard_runner(dask: str) -> TaskRunner:
@@ -63,15 +70,19 @@ def build_version(job: PrepareJob) -> dict:
     """
     layout = DataLayout.at(job.data_root or None)
     root = layout.root
+    bar = PrefectProgress(PREPARE_KEY, f"preparing {job.source or 'synthetic'} in {root}")
     with prepare_lock(layout, job.lock_timeout):
         source_dir = acquire_source_task(job.source, root / "raw", job.synthetic)
+        bar.update(PREPARE_SHARES["catalog"][0], force=True)
         catalog = catalog_task(source_dir, root, CatalogConfig())
+        bar.update(PREPARE_SHARES["split"][0], force=True)
         plan: DatasetPlan = split_task(catalog, root, job.split, job.shard)
         if not plan.complete:
             write_shards.with_options(task_runner=shard_runner(job.dask))(
-                plan.jobs(Path(source_dir), job.shard)
+                plan.jobs(Path(source_dir), job.shard), str(bar.id or "")
             )
         version_dir = finalize_task(plan, root, catalog)
+    bar.update(1.0, force=True)
     summary = {"version": plan.version, "path": str(version_dir), "built": not plan.complete}
     if job.publish:
         summary["published"] = publish_task(version_dir, job.publish)

@@ -150,13 +150,18 @@ class Services:
         _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"))
 
     def deploy(self) -> None:
-        """The work pool (process) and every deployment in prefect.yaml."""
+        """The work pool (process), every deployment in prefect.yaml, the training slots.
+
+        The slots are this machine's global concurrency limits, one run per accelerator
+        (flows/slots.py); made here so that `prefect gcl ls` shows them from the start.
+        """
         pools = self._run("work-pool", [*_bin("prefect"), "work-pool", "ls"])
         if POOL not in pools:
             self._run(
                 "work-pool", [*_bin("prefect"), "work-pool", "create", POOL, "--type", "process"]
             )
         self._run("deploy", [*_bin("prefect"), "--no-prompt", "deploy", "--all"])
+        self._run("slots", [sys.executable, "-c", "import flows.slots as s; s.ensure_limits()"])
 
     def start_worker(self) -> None:
         if "prefect-worker" in self._state() and _alive(self._state()["prefect-worker"]):

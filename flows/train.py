@@ -19,13 +19,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.options import resolve, with_options
 from flows.prepare import prepare
+from flows.slots import accelerator_slot
 from shards.layout import DataLayout
 from shards.options import flat
 from tasks.evaluate import evaluate_task
 from tasks.jobs import PipelineJob
 from tasks.presets import PRESET_NAMES
 from tasks.render import render_task
-from tasks.track import track_task
+from tasks.track import evaluation_task, track_task
 from tasks.train import train_task
 from tasks.verdicts import summary_markdown
 
@@ -44,12 +45,14 @@ def train(preset: str = "auto", data_root: str | None = None, **options) -> dict
     if pipeline.prepare.source:
         prepared = prepare(data_root=root, **flat(pipeline.prepare))
         job = replace(job, dataset=prepared["version"])
-    trained = train_task(job)
+    with accelerator_slot(job.device):  # one training run per accelerator (flows/slots.py)
+        trained = train_task(job)
     checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
     renders = render_task(checkpoint, root, device=job.device)
     evaluation = evaluate_task(checkpoint, Path(root), None, pipeline.evaluation, device=job.device)
     outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
     track_task(trained["mlflow_run_id"], outputs, None, root)
+    evaluation_task(trained["mlflow_run_id"], evaluation, root)
     create_markdown_artifact(
         key="msls-train-summary",
         markdown=summary_markdown(evaluation)

@@ -30,10 +30,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint safely: only tensors and plain containers are ever unpickled.
 
     A file holding arbitrary pickled objects (code that would run on load) is refused.
+    `mmap=True` maps the tensors instead of reading them: cheap when only the record
+    (step, configs, dataset) is wanted.
     """
     path = Path(path)
     if not path.is_file():
@@ -41,7 +45,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path}: no such checkpoint; pass a checkpoint.pt from data/runs/<run>/"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(

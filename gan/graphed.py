@@ -21,14 +21,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from gan.accelerators import Accelerator
-    from gan.distributed import World
-    from gan.trainer import TrainConfig
 
 WARMUP_STEPS = 3  # side-stream iterations before capture (cuDNN/cuBLAS pick kernels)
 
@@ -121,26 +115,3 @@ class _Snapshot:
         for generator, value in self.generators:
             generator.set_state(value)
         torch.cuda.set_rng_state(self.default)
-
-
-def graph_plan(config: TrainConfig, accelerator: Accelerator, world: World, needs_gp: bool) -> bool:
-    """Whether this trainer captures its step (TrainConfig.cuda_graph on a CUDA device).
-
-    Graphs are CUDA's; elsewhere the option is moot and nothing is said. On CUDA, what
-    a fixed graph cannot replay keeps the step eager, with one warning saying why: lazy
-    R1 (its step differs every `r1_every` steps), WGAN-GP's double backward, several
-    processes (the gradient all-reduce) and torch.compile (its own graphs).
-    """
-    if not (config.cuda_graph and accelerator.kind == "cuda"):
-        return False
-    blockers = [
-        ("R1 (r1_gamma > 0)", config.r1_gamma > 0),
-        ("WGAN-GP", needs_gp),
-        ("nproc > 1", world.size > 1),
-        ("compile", bool(config.compile)),
-    ]
-    reasons = [name for name, present in blockers if present]
-    if reasons:
-        warnings.warn(f"CUDA graph off ({', '.join(reasons)}): the step runs eagerly", stacklevel=3)
-        return False
-    return True

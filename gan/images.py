@@ -1,9 +1,9 @@
 """Batches of uint8 images: windows of stored strips, grids, pixel features, nearest rows.
 
 The small rules that renders, metrics and the report share, written once:
-- a shard stores a 2:1 strip per photo; a picture of it is the centre R x R window, and
-  what G learns from is a random window anywhere along it, maybe mirrored
-  (`gan.augment.random_window`, the training draw);
+- a shard stores a 2:1 strip per photo; a picture of it is the centre R x R window
+  (`shards.geometry.centre_window`), and what G learns from is a random window anywhere
+  along it, maybe mirrored (`gan.augment.random_window`, the training draw);
 - images are compared in one fixed, cheap feature space: 16 x 16 area-downsampled RGB
   in [0, 1] (768 numbers), Euclidean distance; model-free and blind to small shifts;
 - a grid is `torchvision.utils.make_grid`, `nrow` images per row.
@@ -36,16 +36,21 @@ def strip_windows(strips: torch.Tensor) -> torch.Tensor:
 
 
 def training_windows(strips: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """uint8 [n,3,R,R]: n windows drawn as training draws them, strips picked with replacement.
+    """uint8 [n,3,R,R]: n windows drawn as training draws them, every strip equally often.
 
-    Each draw picks a strip uniformly, then a random window of it and a coin-flip mirror
-    (`random_window`); a fixed `n` whatever the number of strips, so set sizes, and the
-    metrics' sampling noise, do not depend on the dataset's size. Seeded on the CPU.
+    Strips are taken in shuffled passes over the whole set (each strip n // S or one more
+    times; a random n of them when S > n), then each gets a random window and a coin-flip
+    mirror (`random_window`). A fixed `n` whatever the number of strips keeps the
+    metrics' sampling noise independent of the dataset's size; balanced passes keep a
+    small split's make-up (night frames, cities) the same in every draw, where picking
+    with replacement let it wander. Seeded on the CPU.
     """
     if len(strips) == 0:
         raise ValueError("no strips to draw windows from")
     generator = torch.Generator().manual_seed(seed)
-    picked = torch.randint(0, len(strips), (n,), generator=generator)
+    passes = -(-n // len(strips))
+    picked = torch.cat([torch.randperm(len(strips), generator=generator) for _ in range(passes)])
+    picked = picked[:n]
     parts = [to_uint8(random_window(strips[chunk], generator)) for chunk in picked.split(1024)]
     return torch.cat(parts)
 

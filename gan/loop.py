@@ -76,7 +76,7 @@ class Callback(Protocol):
 class Batches(Protocol):
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> bool: ...  # False: its order was re-seeded
 
 
 def fit(
@@ -130,8 +130,15 @@ def restore(trainer: Trainer, batches: Batches, state: dict) -> None:
             f"checkpoint was written by {len(ranks)} processes; resume it with --nproc {len(ranks)}"
         )
     trainer.load_state_dict(state)
-    trainer.load_rank_state(ranks[trainer.world.rank])
-    batches.load_state_dict(ranks[trainer.world.rank]["data"])
+    exact = trainer.load_rank_state(ranks[trainer.world.rank])
+    exact &= batches.load_state_dict(ranks[trainer.world.rank]["data"])
+    if not exact:
+        log.warning(
+            "the checkpoint's random streams were saved on another device type and cannot "
+            "carry over to %s: re-seeded deterministically from them, so this run continues, "
+            "but not bit for bit as it would have there",
+            trainer.acc.device.type,
+        )
 
 
 def _should_stop(

@@ -21,11 +21,12 @@ from gan.accelerators import Accelerator
 from gan.augment import AdaptiveStrength, diff_augment, parse_policy, random_window
 from gan.distributed import World, all_mean, average_gradients, broadcast_module
 from gan.ema import EMA
-from gan.graphed import GraphedStep, graph_plan
+from gan.graphed import GraphedStep
 from gan.health import diversity
 from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
+from shards.rng import set_state
 
 # Per-step device metrics, averaged over each log interval. The loop adds `diversity`
 # and a `health` list of warnings (gan/health.py); the report reads them from stats.jsonl.
@@ -276,9 +277,10 @@ class Trainer:
         """This rank's random streams (each rank draws different noise)."""
         return {"rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
 
-    def load_rank_state(self, state: dict) -> None:
-        self.rng.set_state(state["rng"].cpu())
+    def load_rank_state(self, state: dict) -> bool:
+        """False where the noise stream came from another device type and was re-seeded."""
         torch.set_rng_state(state["torch_rng"].cpu())
+        return set_state(self.rng, state["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -300,6 +302,29 @@ class Trainer:
             for state in optimizer.state.values():
                 yield from (v for v in state.values() if torch.is_tensor(v))
         yield self.ada.p
+
+
+def graph_plan(config: TrainConfig, accelerator: Accelerator, world: World, needs_gp: bool) -> bool:
+    """Whether this trainer captures its step (TrainConfig.cuda_graph on a CUDA device).
+
+    Graphs are CUDA's; elsewhere the option is moot and nothing is said. On CUDA, what
+    a fixed graph cannot replay keeps the step eager, with one warning saying why: lazy
+    R1 (its step differs every `r1_every` steps), WGAN-GP's double backward, several
+    processes (the gradient all-reduce) and torch.compile (its own graphs).
+    """
+    if not (config.cuda_graph and accelerator.kind == "cuda"):
+        return False
+    blockers = [
+        ("R1 (r1_gamma > 0)", config.r1_gamma > 0),
+        ("WGAN-GP", needs_gp),
+        ("nproc > 1", world.size > 1),
+        ("compile", bool(config.compile)),
+    ]
+    reasons = [name for name, present in blockers if present]
+    if reasons:
+        warnings.warn(f"CUDA graph off ({', '.join(reasons)}): the step runs eagerly", stacklevel=3)
+        return False
+    return True
 
 
 def _compiled(

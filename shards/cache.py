@@ -7,8 +7,10 @@ from it by index_select on the tensors' own device, so nothing waits on a loader
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,6 +19,7 @@ from shards.decode import as_tensor, decode_batch, decode_jpegs
 from shards.loader import WORKER_START, LoaderConfig, resolved_workers
 from shards.processes import exit_with
 from shards.progress import track
+from shards.rng import set_state
 from shards.tar import read_shard
 from shards.version import DatasetVersion
 
@@ -24,10 +27,19 @@ log = logging.getLogger("msls.reader")
 
 
 class _ShardFiles(Dataset):
-    """Map-style: item i = the decoded shard i (or its raw JPEG bytes, for a GPU decode)."""
+    """Map-style: item i = the picked samples of shard i, decoded (or their raw JPEG bytes,
+    for a GPU decode), or the shard's problem as text."""
 
-    def __init__(self, urls: list[str], samples: list[int], size: tuple[int, int], decode: bool):
-        self.urls, self.samples, self.size, self.decode = urls, samples, size, decode
+    def __init__(
+        self,
+        urls: list[str],
+        samples: list[int],
+        picks: list[slice],
+        size: tuple[int, int],
+        decode: bool,
+    ) -> None:
+        self.urls, self.samples, self.picks = urls, samples, picks
+        self.size, self.decode = size, decode
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -35,7 +47,7 @@ class _ShardFiles(Dataset):
     def __getitem__(self, i: int):
         url = self.urls[i]
         try:
-            samples = [(*s, url) for s in read_shard(url, self.samples[i])]
+            samples = [(*s, url) for s in read_shard(url, self.samples[i])][self.picks[i]]
             if self.decode:
                 return (*decode_batch(samples, self.size), None) if samples else (None, None, None)
             # one tensor per shard: thousands of small ones would each cost a shared-memory file
@@ -52,41 +64,36 @@ def load_split(
     *,
     rank: int = 0,
     world_size: int = 1,
+    shards: list[str] | None = None,
     workers: int = 0,
     device: str | torch.device = "cpu",
     skip_bad_shards: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shards (`shards[rank::world_size]`) decoded once, in shard order.
+    """This rank's samples of the split's shards (or of `shards`), decoded once.
 
-    Returns uint8 [N,3,H,W] and int64 [N] on `device`. Shards are read (and, unless the
-    target is CUDA, decoded) by `workers` processes (0: cores, at most 8); on CUDA the
-    JPEGs are decoded by nvjpeg straight into accelerator memory.
+    Ranks split samples, not only shards, so every rank has data whatever the shard
+    count: with the shards in a fixed shuffled order (cities mixed), rank r takes
+    positions [r*q, (r+1)*q), q = samples // world_size, and reads only the shards that
+    overlap them. Every rank gets q samples (fewer only where a bad shard was skipped).
+
+    Returns uint8 [N,3,H,W] and int64 [N] on `device` (one rank: in shard order). Shards
+    are read (and, unless the target is CUDA, decoded) by `workers` processes (0: cores,
+    at most 8); on CUDA the JPEGs are decoded by nvjpeg straight into accelerator memory.
     """
     device = torch.device(device)
-    shards = version.shards(split)[rank::world_size]
-    urls = [version.url(s) for s in shards]
-    samples = [version.shard_samples(s) for s in shards]
+    shards = version.shards(split) if shards is None else shards
+    picks = rank_share([version.shard_samples(s) for s in shards], shards, rank, world_size)
+    urls = [version.url(shards[i]) for i, _ in picks]
+    samples = [version.shard_samples(shards[i]) for i, _ in picks]
     width, height = version.strip_size
     on_gpu = device.type == "cuda"
     target = device if on_gpu else torch.device("cpu")
-    images = torch.empty((sum(samples), 3, height, width), dtype=torch.uint8, device=target)
-    cls = torch.empty(sum(samples), dtype=torch.int64)
-    files = _ShardFiles(urls, samples, version.strip_size, decode=not on_gpu)
-    workers = min(resolved_workers(workers), len(urls))
-    parts = (
-        iter(files[i] for i in range(len(files)))
-        if workers <= 1
-        else DataLoader(
-            files,
-            batch_size=None,
-            num_workers=workers,
-            prefetch_factor=4,
-            multiprocessing_context=WORKER_START,
-            worker_init_fn=exit_with(os.getpid()),
-        )
-    )
+    mine = sum(len(range(n)[p]) for n, (_, p) in zip(samples, picks))
+    images = torch.empty((mine, 3, height, width), dtype=torch.uint8, device=target)
+    cls = torch.empty(mine, dtype=torch.int64)
+    files = _ShardFiles(urls, samples, [p for _, p in picks], version.strip_size, not on_gpu)
     n, skipped = 0, 0
-    for part, labels, problem in track(parts, len(urls), f"decoding {split} shards"):
+    for part, labels, problem in _parts(files, workers, split):
         if problem is not None:
             if not skip_bad_shards:
                 raise ValueError(problem)
@@ -104,9 +111,50 @@ def load_split(
     if skipped:
         log.warning(
             "skipped %d of %d %s shards: %d of %d samples are missing from training",
-            skipped, len(urls), split, sum(samples) - n, sum(samples),
+            skipped, len(urls), split, mine - n, mine,
         )  # fmt: skip
     return images[:n].to(device), cls[:n].to(device)
+
+
+def rank_share(
+    samples: list[int], shards: list[str], rank: int, world_size: int
+) -> list[tuple[int, slice]]:
+    """(shard index, slice of its samples) of rank `rank`'s equal share of the split.
+
+    One rank: every shard whole, in order. Several: the shards in a fixed order shuffled
+    by a hash of their names (so a rank's share mixes cities instead of holding a few),
+    cut into `world_size` runs of sum(samples) // world_size positions.
+    """
+    if world_size == 1:
+        return [(i, slice(None)) for i in range(len(shards))]
+    order = sorted(range(len(shards)), key=lambda i: hashlib.sha1(shards[i].encode()).digest())
+    share = sum(samples) // world_size
+    start, stop = rank * share, (rank + 1) * share
+    picks, offset = [], 0
+    for i in order:
+        low, high = max(start, offset), min(stop, offset + samples[i])
+        if low < high:
+            picks.append((i, slice(low - offset, high - offset)))
+        offset += samples[i]
+    return picks
+
+
+def _parts(files: _ShardFiles, workers: int, split: str) -> Iterator:
+    """The items of `files` in order, from `workers` loader processes (or this one)."""
+    workers = min(resolved_workers(workers), len(files))
+    parts = (
+        iter(files[i] for i in range(len(files)))
+        if workers <= 1
+        else DataLoader(
+            files,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4,
+            multiprocessing_context=WORKER_START,
+            worker_init_fn=exit_with(os.getpid()),
+        )
+    )
+    return track(parts, len(files), f"decoding {split} shards")
 
 
 def city_weights(cls: torch.Tensor, n_cities: int, temperature: float) -> torch.Tensor:
@@ -185,7 +233,10 @@ class CachedBatches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "generator": self._epoch_state}
 
-    def load_state_dict(self, state: dict) -> None:
-        self._generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue from a saved position; False where the batch order could not carry
+        over (saved on another device type: re-seeded, see shards/rng.py)."""
+        exact = set_state(self._generator, state["generator"])
         self.epoch, self.batch = state["epoch"], state["batch"]
         self._start_epoch()
+        return exact

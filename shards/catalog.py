@@ -4,8 +4,8 @@ Joining the four MSLS CSVs and the archive listings happens once, here; every la
 step reads this table. Bad images are rows with a status other than "ok": they are
 counted and reported, they never crash the run and never reach a shard.
 
-Image checks are structural and cheap (header parse, size, JPEG end marker): the one
-full decode happens in the shard writer, which also reports anything that slips past.
+Image checks are structural and cheap (header parse, size as displayed): the one full,
+strict decode happens in the shard writer, which drops what does not decode cleanly.
 
 Hostile input (tests/test_hostile_input.py; archives: see shards/msls.py): a symlink
 member is corrupt, a name twice in one zip is duplicate, a member over the size limit
@@ -31,8 +31,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import simplejpeg
-from PIL import Image, UnidentifiedImageError
 
 from shards.atomic import atomic_path, write_text
 from shards.msls import (
@@ -46,6 +44,7 @@ from shards.msls import (
     read_member,
 )
 from shards.parallel import parallel_map
+from shards.photo import PhotoError, read_header
 
 log = logging.getLogger("msls.catalog")
 
@@ -365,17 +364,19 @@ def _inspect(job: tuple[str, str, str, CatalogConfig]) -> dict:
 
 
 def inspect_image(data: bytes, max_pixels: int) -> dict:
-    """Status of one image from its bytes: header, pixel count, JPEG end marker."""
+    """Status of one image from its header: format, size as displayed, pixel count.
+
+    Never its last bytes: a JPEG with a trailer after its end marker is a valid photo,
+    and a damaged one may still end in FFD9. Its pixels are judged by the shard
+    writer's one strict decode (shards/photo.py).
+    """
     if not data:
         return {"status": "corrupt", "reason": "zero-byte file"}
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        kind = "JPEG"
-    except ValueError:  # not a JPEG libjpeg-turbo understands: let PIL identify it
-        header = _pil_header(data)
-        if "status" in header:
-            return header
-        width, height, kind = header["width"], header["height"], header["kind"]
+        header = read_header(data)
+    except PhotoError as exc:
+        return {"status": exc.status, "reason": str(exc)}
+    width, height = header.size
     size = {"width": width, "height": height}
     if width * height > max_pixels:
         return {
@@ -383,18 +384,4 @@ def inspect_image(data: bytes, max_pixels: int) -> dict:
             "status": "too_large",
             "reason": f"{width}x{height} exceeds {max_pixels} pixels",
         }
-    if kind == "JPEG" and b"\xff\xd9" not in data[-64:]:
-        return {**size, "status": "corrupt", "reason": "truncated: no JPEG end marker"}
     return {**size, "status": "ok", "reason": None}
-
-
-def _pil_header(data: bytes) -> dict:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return {"width": image.size[0], "height": image.size[1], "kind": image.format}
-    except Image.DecompressionBombError as exc:
-        return {"status": "too_large", "reason": f"pixel bomb: {exc}"}
-    except UnidentifiedImageError:  # its message holds an object address: not reproducible
-        return {"status": "corrupt", "reason": "undecodable: not a recognised image format"}
-    except (OSError, SyntaxError, ValueError) as exc:
-        return {"status": "corrupt", "reason": f"undecodable: {exc}"}

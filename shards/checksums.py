@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ log = logging.getLogger("msls.checksums")
 
 CHECKSUMS_NAME = "msls_checksums.md5"
 CHUNK = 1 << 20  # bytes per read when hashing (files are several GB)
+VERIFIED_RECORD = "verified-sources.json"  # in data/raw: files whose md5 matched
 
 
 class ChecksumError(ValueError):
@@ -56,22 +58,43 @@ def md5_of(path: Path, advance: Callable[[int], None] | None = None) -> hashlib.
     return digest
 
 
+class VerifiedFiles:
+    """Files whose md5 matched, remembered by resolved path, size and mtime (a JSON file).
+
+    Kept under the data root (the source folder may be read-only). A file rewritten
+    since (a new size or mtime) is unknown again. Safe to share between the threads of
+    one process (parallel downloads).
+    """
+
+    def __init__(self, record: Path) -> None:
+        self.record = Path(record)
+        self._known = json.loads(self.record.read_text()) if self.record.is_file() else {}
+        self._lock = threading.Lock()
+
+    def matched(self, path: Path, md5: str) -> bool:
+        return self._known.get(str(Path(path).resolve())) == _stamp(path, md5.lower())
+
+    def add(self, path: Path, md5: str) -> None:
+        with self._lock:
+            self._known[str(Path(path).resolve())] = _stamp(path, md5.lower())
+            write_text(self.record, json.dumps(self._known, indent=1, sort_keys=True))
+
+
 def verify_listed(folder: Path, record: Path) -> list[Path]:
     """Check every file `folder/msls_checksums.md5` lists and `folder` holds; return them.
 
     No checksum file: nothing to check (an extracted tree, a hand-made source). A listed
     file that is absent is left to the catalog (a partial set of volumes is legitimate).
-    `record` (JSON, under the data root: the source folder may be read-only) remembers
-    what matched by resolved path, size and mtime. Raises ChecksumError naming the first
-    file that does not match, before anything reads it.
+    What matched is remembered in `record` (`VerifiedFiles`). Raises ChecksumError
+    naming the first file that does not match, before anything reads it.
     """
     sums_path = Path(folder) / CHECKSUMS_NAME
     if not sums_path.is_file():
         return []
     sums = read_checksums(sums_path)
-    known = json.loads(record.read_text()) if record.is_file() else {}
+    verified = VerifiedFiles(record)
     listed = [Path(folder) / name for name in sums if (Path(folder) / name).is_file()]
-    todo = [p for p in listed if known.get(str(p.resolve())) != _stamp(p, sums[p.name])]
+    todo = [p for p in listed if not verified.matched(p, sums[p.name])]
     if todo:
         with track_bytes(sum(p.stat().st_size for p in todo), "verifying checksums") as advance:
             for path in todo:
@@ -81,12 +104,11 @@ def verify_listed(folder: Path, record: Path) -> list[Path]:
                         f"{path}: md5 {digest} does not match {sums[path.name]} in {sums_path}; "
                         "the file is damaged or incomplete: download it again"
                     )
-                known[str(path.resolve())] = _stamp(path, digest)
-                write_text(record, json.dumps(known, indent=1, sort_keys=True))
+                verified.add(path, digest)
         log.info("%s: %d files match %s", folder, len(todo), sums_path.name)
     return listed
 
 
 def _stamp(path: Path, md5: str) -> list:
-    stat = path.stat()
+    stat = Path(path).stat()
     return [stat.st_size, stat.st_mtime_ns, md5]

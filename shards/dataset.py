@@ -162,15 +162,34 @@ def finalize_dataset(
         remove_torn_writes(plan.staging, recursive=True)  # half shards of killed runs
         if final.exists():  # a leftover from a crash between rename and LATEST: keep the new one
             shutil.rmtree(final)
+        _remove_empty_shards(plan.staging, results)
         manifest = _manifest(plan.staging, results)
         with atomic_path(plan.staging / "manifest.parquet") as tmp:
             pq.write_table(manifest, tmp)
-        _dataset_info(plan, manifest, results, catalog, code_version).save(plan.staging)
+        info = _dataset_info(plan, manifest, results, catalog, code_version)
+        if info.samples("val") == 0:
+            log.warning(
+                "%s has no val split (val_fraction %s): it trains, but evaluation and the "
+                "real-vs-generated renders will be skipped",
+                plan.version, info.split_params["val_fraction"],
+            )  # fmt: skip
+        info.save(plan.staging)
         shutil.rmtree(plan.staging / ".results", ignore_errors=True)
         (plan.staging / "plan.parquet").unlink()
         os.replace(plan.staging, final)
     write_text(layout.latest_pointer, plan.version + "\n")
     return final
+
+
+def _remove_empty_shards(staging: Path, results: list[dict]) -> None:
+    """Remove the tars of planned shards that hold no sample (they are not listed).
+
+    A planned shard ends empty when every photo in it failed to decode (a city of
+    damaged files): listed, it would be a shard no reader can draw from.
+    """
+    for result in results:
+        if not result["keys"]:
+            (staging / result["shard"]).unlink(missing_ok=True)
 
 
 def _manifest(staging: Path, results: list[dict]) -> pa.Table:
@@ -190,14 +209,16 @@ def _dataset_info(
 ) -> DatasetInfo:
     staged = json.loads((plan.staging / "plan.json").read_text())
     counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for shard in plan.shards:  # a planned city whose photos all failed counts 0, not absent
+        split, city, _ = shard.split("/")
+        counts[split][city] = 0
     for (split, city), n in Counter(
         zip(manifest.column("split").to_pylist(), manifest.column("city").to_pylist())
     ).items():
         counts[split][city] = n
     failures = [f for result in results for f in result["failures"]]
-    dropped = {s: n for s, n in catalog.counts.items() if s != "ok"}
-    if failures:
-        dropped["decode_failed"] = len(failures)
+    dropped = Counter({s: n for s, n in catalog.counts.items() if s != "ok"})
+    dropped.update(f.get("status", "decode_failed") for f in failures)
     shard_sizes = Counter(manifest.column("shard").to_pylist())
     return DatasetInfo(
         version=plan.version,
@@ -208,11 +229,12 @@ def _dataset_info(
         cities=staged["cities"],
         counts=dict(counts),
         totals={split: sum(c.values()) for split, c in counts.items()},
-        dropped=dropped,
+        dropped=dict(sorted(dropped.items())),
         decode_failures=failures[:100],
         shards=[
             ShardEntry(r["shard"], shard_sizes[r["shard"]], r["bytes"])
             for r in sorted(results, key=lambda r: r["shard"])
+            if r["keys"]
         ],
     )
 
@@ -228,6 +250,32 @@ def resolve_version(layout: DataLayout, version: str = "latest") -> str:
             f"{layout.dataset(version)}: no such dataset version; `msls prepare` builds one"
         )
     return version
+
+
+def resume_version(
+    layout: DataLayout, requested: str, recorded: str | None, checkpoint: Path
+) -> str:
+    """The dataset version a resumed run continues on: the one its checkpoint records.
+
+    Not LATEST: a version prepared since (another resolution, other split parameters)
+    would train the old model on other data and judge it on another val split.
+    `requested` is the user's --dataset ("latest", the default, means not given); a
+    different version is refused in one line. `recorded` None: a checkpoint from before
+    checkpoints named their dataset, which resolves `requested` as a new run would.
+    """
+    if recorded is None:
+        return resolve_version(layout, requested)
+    if requested not in ("latest", recorded):
+        raise DatasetError(
+            f"--dataset {requested}: {checkpoint} was trained on dataset version {recorded} "
+            f"and a resume continues on it; drop --dataset, or train a new run on {requested}"
+        )
+    if not (layout.dataset(recorded) / INFO_FILE).exists():
+        raise DatasetError(
+            f"{checkpoint}: its dataset version {recorded} is no longer in {layout.datasets} "
+            "(pruned?); rebuild it with the same `msls prepare` options, or train a new run"
+        )
+    return recorded
 
 
 def load_info(layout: DataLayout, version: str = "latest") -> DatasetInfo:

@@ -10,8 +10,6 @@ window moves +-21% of the width, as the original's did.
 
 from __future__ import annotations
 
-import io
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,6 +18,11 @@ from PIL import Image
 
 from shards.geometry import RESOLUTIONS, strip_box, strip_size
 from shards.options import option
+from shards.photo import PhotoError, decode_photo, read_header, reduced, to_srgb
+
+# A strip enlarged more than this is mostly interpolation, blur that would teach G blur:
+# such a photo (under ~35 px high at 64 px; MSLS's smallest are 256) is dropped, too_small.
+MAX_ENLARGEMENT = 4
 
 
 @dataclass(frozen=True)
@@ -65,34 +68,23 @@ def make_strip(data: bytes, config: ShardConfig) -> bytes:
     ask for the smallest scale that still leaves at least the output's resolution
     inside the crop (about 2x faster than a full decode of a 640x480 MSLS photo, and
     ~1.3x faster than PIL's `draft` doing the same), then resample with bicubic
-    (antialiased) for the final step. Anything simplejpeg cannot read (PNG named .jpg,
-    CMYK JPEG) goes through PIL instead.
+    (antialiased) for the final step. The strip is what a viewer shows of the photo
+    (shards/photo.py: upright, sRGB); raises PhotoError for a photo that does not
+    decode cleanly, or one so small that its strip would be mostly interpolation.
     """
-    try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        left, top, right, bottom = config.strip_box(width, height)
-        zoom = config.resolution / (bottom - top)
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", fastdct=True, fastupsample=True,
-            min_height=math.ceil(height * zoom), min_width=math.ceil(width * zoom),
-        )  # fmt: skip
-        image = Image.fromarray(pixels)
-    except ValueError:
-        image, (width, height) = _pil_decode(data, config)
-        left, top, right, bottom = config.strip_box(width, height)
+    header = read_header(data)
+    width, height = header.size
+    left, top, right, bottom = config.strip_box(width, height)
+    if (bottom - top) * MAX_ENLARGEMENT < config.resolution:
+        raise PhotoError(
+            f"too small: {width}x{height} gives a {bottom - top:.1f} px crop, enlarged over "
+            f"{MAX_ENLARGEMENT}x to the {config.resolution} px training size",
+            "too_small",
+        )
+    image = decode_photo(data, header, reduced(header.size, bottom - top, config.resolution))
     scale = image.size[0] / width
     box = (left * scale, top * scale, right * scale, bottom * scale)
-    strip = image.resize(config.strip_size, Image.Resampling.BICUBIC, box=box)
+    strip = to_srgb(image.resize(config.strip_size, Image.Resampling.BICUBIC, box=box), header)
     return simplejpeg.encode_jpeg(
         np.asarray(strip), quality=config.jpeg_quality, colorsubsampling="444"
     )
-
-
-def _pil_decode(data: bytes, config: ShardConfig) -> tuple[Image.Image, tuple[int, int]]:
-    """PIL's reduced-scale decode (`draft`) for what libjpeg-turbo's fast path refuses."""
-    image = Image.open(io.BytesIO(data))
-    width, height = image.size
-    _, top, _, bottom = config.strip_box(width, height)
-    zoom = config.resolution / (bottom - top)
-    image.draft("RGB", (math.ceil(width * zoom), math.ceil(height * zoom)))
-    return image.convert("RGB"), (width, height)

@@ -89,6 +89,7 @@ def make_batches(
     `batch_size` and `seed` are the run's (`TrainConfig`): the seed fixes the batch order.
     """
     device = torch.device(device)
+    version.batches_per_rank(split, batch_size, world_size)  # too small: one line, now
     cache = choose_cache(version, split, config.cache, device, world_size)
     log.info(
         "%s split of %s: %d samples, cache=%s",

@@ -11,6 +11,7 @@ rank ever waits.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.decode import decode_batch
-from shards.errors import DatasetError
 from shards.loader import WORKER_START, LoaderConfig
 from shards.processes import exit_with
 from shards.tar import BAD_SHARD_ADVICE, read_shard
@@ -37,7 +37,12 @@ class StreamPlan:
 
     urls: tuple[str, ...]  # the split's shards, sorted
     samples: tuple[int, ...]  # per shard
-    shard_weights: tuple[float, ...]  # shard draw weights for city balancing
+    # The units streams read: (shard, part), part q of a shard being its samples q, q +
+    # parts, ...; parts > 1 where there are too few shards to give every rank its own.
+    units: tuple[tuple[int, int], ...]
+    unit_samples: tuple[int, ...]
+    unit_weights: tuple[float, ...]  # draw weights for city balancing
+    parts: int
     rank: int
     world_size: int
     streams: int  # per rank, one per loader worker
@@ -45,14 +50,14 @@ class StreamPlan:
     batches_per_epoch: int  # per rank
     shuffle_buffer: int
     seed: int
-    balanced: bool  # city_temperature != 1: shards drawn with replacement by weight
+    balanced: bool  # city_temperature != 1: units drawn with replacement by weight
     skip_bad_shards: bool
     size: tuple[int, int]  # (width, height)
 
     def shards(self, epoch: int) -> list[list[int]]:
-        """Each stream's shard indices this epoch: one permutation cut by rank, then stream."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
-        mine = order[self.rank :: self.world_size].tolist() or [order[self.rank % len(order)]]
+        """Each stream's unit indices this epoch: one permutation cut by rank, then stream."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+        mine = order[self.rank :: self.world_size].tolist()
         return [mine[k :: self.streams] for k in range(self.streams)]
 
     def quotas(self, epoch: int) -> list[int]:
@@ -65,7 +70,7 @@ class StreamPlan:
         if self.balanced:
             held = [self.batches_per_epoch * self.batch_size] * self.streams
         else:
-            held = [sum(self.samples[i] for i in s) for s in self.shards(epoch)]
+            held = [sum(self.unit_samples[u] for u in s) for s in self.shards(epoch)]
         quotas = [h // self.batch_size for h in held]
         while sum(quotas) > self.batches_per_epoch:
             quotas[quotas.index(max(quotas))] -= 1
@@ -103,36 +108,54 @@ class StreamPlan:
                 yield (*decode_batch(chunk, self.size), tuple(str(b) for b in bad))
 
     def _samples(self, epoch: int, stream: int, seed: int) -> Iterator:
-        """Endless (key, jpg, cls, url): the stream's shards, then again reshuffled.
+        """Endless (key, jpg, cls, url): the stream's units, then again reshuffled.
 
-        With city balancing, shards are drawn by weight with replacement instead.
+        With city balancing, units are drawn by weight with replacement instead.
         """
         rng = np.random.default_rng(seed)
         shuffler = random.Random(seed)
-        shards = self.shards(epoch)[stream]
+        units = self.shards(epoch)[stream]
         failures = [0]  # bad shards in a row, across passes
         while True:
             if self.balanced:
-                p = np.asarray(self.shard_weights) / sum(self.shard_weights)
-                shards = rng.choice(len(self.urls), size=len(shards), p=p).tolist()
-            yield from _shuffled(self._read(shards, failures), self.shuffle_buffer, shuffler)
-            shards = rng.permutation(shards).tolist()
+                p = np.asarray(self.unit_weights) / sum(self.unit_weights)
+                units = rng.choice(len(self.units), size=len(units), p=p).tolist()
+            yield from _shuffled(self._read(units, failures), self.shuffle_buffer, shuffler)
+            units = rng.permutation(units).tolist()
 
-    def _read(self, shards: list[int], failures: list[int]) -> Iterator:
-        """(key, jpg, cls, url) of each sample of `shards`; a `_BadShard` for one that fails."""
-        for i in shards:
+    def _read(self, units: list[int], failures: list[int]) -> Iterator:
+        """(key, jpg, cls, url) of each sample of `units`; a `_BadShard` for one that fails."""
+        for unit in units:
+            i, part = self.units[unit]
             url = self.urls[i]
             try:
-                for sample in read_shard(url, self.samples[i]):
+                for j, sample in enumerate(read_shard(url, self.samples[i])):
                     failures[0] = 0
-                    yield (*sample, url)
+                    if j % self.parts == part:
+                        yield (*sample, url)
             except ValueError as exc:
                 if not self.skip_bad_shards:
                     raise
                 yield _BadShard(exc)
                 failures[0] += 1
-                if failures[0] > 4 * len(self.urls):
+                if failures[0] > 4 * len(self.units):
                     raise ValueError(f"{url}: no readable shard left; {BAD_SHARD_ADVICE}") from exc
+
+
+def split_units(samples: list[int], world_size: int) -> tuple[int, list[tuple[int, int]]]:
+    """(parts, units): each shard read as `parts` interleaved parts, the fewest that give
+    every rank a unit of its own; units with no sample are left out.
+
+    With at least as many shards as ranks a unit is a whole shard (parts = 1); one shard
+    and two ranks gives each rank half of its samples (WebDataset #188: a rank with no
+    shard had nothing to read). Needs sum(samples) >= world_size.
+    """
+    parts = max(1, math.ceil(world_size / len(samples)))
+    while True:
+        units = [(i, q) for i, n in enumerate(samples) for q in range(min(parts, n))]
+        if len(units) >= world_size:
+            return parts, units
+        parts += 1
 
 
 class _BadShard(str):
@@ -219,32 +242,29 @@ class StreamingBatches:
         in_process: bool = False,
     ) -> None:
         shards = version.shards(split)
-        total = version.samples(split)
-        if not shards:
-            raise DatasetError(f"{version.path}: no {split} shards in this dataset version")
         if not config.skip_bad_shards:
             for shard in shards:
                 if not Path(version.url(shard)).is_file():
                     raise ValueError(f"{version.url(shard)}: shard is missing; {BAD_SHARD_ADVICE}")
-        batches = total // (world_size * batch_size)
-        if batches < 1:
-            raise ValueError(
-                f"{version.path}: {total} {split} samples are fewer than world_size x batch_size "
-                f"({world_size} x {batch_size}); lower --batch-size"
-            )
-        counts = version.info.counts[split]
+        batches = version.batches_per_rank(split, batch_size, world_size)
         samples = [version.shard_samples(s) for s in shards]
-        t = config.city_temperature
+        parts, units = split_units(samples, world_size)
+        unit_samples = [len(range(q, samples[i], parts)) for i, q in units]
+        counts, t = version.info.counts[split], config.city_temperature
         self.plan = StreamPlan(
             urls=tuple(version.url(s) for s in shards),
             samples=tuple(samples),
-            # p(shard) = its share of its city x p(city) ∝ n_city ** T
-            shard_weights=tuple(
-                n * counts[s.split("/")[1]] ** (t - 1) for s, n in zip(shards, samples)
+            units=tuple(units),
+            unit_samples=tuple(unit_samples),
+            # p(unit) = its share of its city x p(city) ∝ n_city ** T
+            unit_weights=tuple(
+                n * counts[shards[i].split("/")[1]] ** (t - 1)
+                for (i, _), n in zip(units, unit_samples)
             ),
+            parts=parts,
             rank=rank,
             world_size=world_size,
-            streams=max(1, min(config.resolved_workers(), len(shards) // world_size)),
+            streams=max(1, min(config.resolved_workers(), len(units) // world_size)),
             batch_size=batch_size,
             batches_per_epoch=batches,
             shuffle_buffer=config.shuffle_buffer,
@@ -303,9 +323,10 @@ class StreamingBatches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "streams": self.plan.streams}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
         """Continue from a saved position: the next batch is the one an uninterrupted run
-        would have yielded (given the same config, world size and worker count)."""
+        would have yielded (given the same config, world size and worker count). True:
+        the position is plain numbers, valid on any device."""
         if state.get("streams", self.plan.streams) != self.plan.streams:
             log.warning(
                 "resuming with %d loader streams where the run had %d: the data order "
@@ -320,6 +341,7 @@ class StreamingBatches:
             )
         self.close()
         self.epoch, self.batch = state["epoch"], state["batch"]
+        return True
 
     def close(self) -> None:
         """Stop the loader workers (a new iteration starts them again)."""

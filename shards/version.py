@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from shards.errors import DatasetError
 from shards.info import DatasetInfo
 from shards.split import SPLITS
 
@@ -42,6 +43,25 @@ class DatasetVersion:
     def samples(self, split: str) -> int:
         check_split(split)
         return self.info.samples(split)
+
+    def batches_per_rank(self, split: str, batch_size: int, world_size: int = 1) -> int:
+        """Batches each of `world_size` ranks makes per epoch: the same for every rank,
+        whatever the shard count (ranks split samples, not only shards).
+
+        DatasetError, one line, where a rank would not fill one batch: said before any
+        process starts (tasks/train.py) and again by each loader.
+        """
+        total = self.samples(split)
+        batches = total // (world_size * batch_size)
+        if batches < 1:
+            ranks = f" across {world_size} processes (--nproc)" if world_size > 1 else ""
+            raise DatasetError(
+                f"{self.path}: {total} {split} samples{ranks} do not fill one batch of "
+                f"{batch_size} per process; lower --batch-size"
+                + (" or --nproc" if world_size > 1 else "")
+                + " or prepare more data"
+            )
+        return batches
 
     def url(self, shard: str) -> str:
         return str(self.path / shard)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from shards.atomic import atomic_path, write_text
 from shards.imaging import ShardConfig, make_strip
 from shards.msls import read_member
+from shards.photo import PhotoError
 
 # Sample metadata stored in `<key>.json` (and in the manifest).
 SAMPLE_FIELDS = (
@@ -86,7 +87,7 @@ def write_shard(job: ShardJob) -> dict:
                 )
                 jpg = make_strip(data, job.config)
             except Exception as exc:  # one bad image must not stop the shard
-                failures.append({"key": row["key"], "reason": f"{type(exc).__name__}: {exc}"})
+                failures.append(_failure(row["key"], exc))
                 continue
             _add_sample(tar, row, jpg)
             keys.append(row["key"])
@@ -99,6 +100,14 @@ def write_shard(job: ShardJob) -> dict:
     }
     write_text(done, json.dumps(result))
     return summary(result)
+
+
+def _failure(key: str, exc: Exception) -> dict:
+    """{"key", "reason", "status"}: a PhotoError says why (damaged, too small); any other
+    error is unexpected, so its type is kept in the reason."""
+    if isinstance(exc, PhotoError):
+        return {"key": key, "reason": str(exc), "status": exc.status}
+    return {"key": key, "reason": f"{type(exc).__name__}: {exc}", "status": "decode_failed"}
 
 
 def load_results(staging: Path, shards: tuple[str, ...]) -> list[dict]:

@@ -29,7 +29,14 @@ import httpx
 from prefect import task
 
 from shards.atomic import atomic_path
-from shards.checksums import CHECKSUMS_NAME, ChecksumError, md5_of, read_checksums
+from shards.checksums import (
+    CHECKSUMS_NAME,
+    VERIFIED_RECORD,
+    ChecksumError,
+    VerifiedFiles,
+    md5_of,
+    read_checksums,
+)
 from tasks.links import DownloadError, read_links, redact, scrub
 
 log = logging.getLogger("msls.download")
@@ -62,6 +69,7 @@ def download_file(
     timeout_s: float = 60.0,
     progress: Progress | None = None,
     links_file: Path | None = None,
+    verified: VerifiedFiles | None = None,
 ) -> Path:
     """Fetch `url` into `dest`, resuming `<dest>.part`, and return `dest`.
 
@@ -70,10 +78,11 @@ def download_file(
     with jitter. A `dest` already holding the right md5 is kept without any request; a
     file with no `expected_md5` (the checksum file itself) is kept if present and is
     never resumed, since nothing could vouch for the joined pieces. `links_file` only
-    names the file to update in the message for an expired link.
+    names the file to update in the message for an expired link. `verified` remembers
+    what matched, so a re-run does not hash gigabytes again.
     """
     dest = Path(dest)
-    if _already_done(dest, expected_md5):
+    if _already_done(dest, expected_md5, verified):
         return dest
     part = dest.with_name(dest.name + ".part")
     failure: _Transient | None = None
@@ -92,6 +101,8 @@ def download_file(
         if expected_md5 is None or digest.hexdigest() == expected_md5.lower():
             with atomic_path(dest) as tmp:
                 os.replace(part, tmp)
+            if verified is not None and expected_md5 is not None:
+                verified.add(dest, expected_md5)
             log.info("%s: downloaded and verified", dest.name)
             return dest
         part.unlink(missing_ok=True)  # a bad byte anywhere: resuming would keep it
@@ -100,11 +111,15 @@ def download_file(
     raise _final_error(dest, url, failure, attempts)
 
 
-def _already_done(dest: Path, expected_md5: str | None) -> bool:
+def _already_done(dest: Path, expected_md5: str | None, verified: VerifiedFiles | None) -> bool:
     """True when `dest` exists and needs no download (re-running is a no-op)."""
     if not dest.is_file():
         return False
-    if expected_md5 is None or md5_of(dest).hexdigest() == expected_md5.lower():
+    if expected_md5 is None or (verified is not None and verified.matched(dest, expected_md5)):
+        return True
+    if md5_of(dest).hexdigest() == expected_md5.lower():
+        if verified is not None:
+            verified.add(dest, expected_md5)
         log.info("%s: already present and verified, skipped", dest.name)
         return True
     log.warning("%s: present but its md5 does not match; downloading it again", dest.name)
@@ -260,6 +275,7 @@ def download_all(
     )
     sums = _checksums_for(links, sums_path, urls_file)
     names = [name for name in links if name != CHECKSUMS_NAME]
+    verified = VerifiedFiles(raw_dir / VERIFIED_RECORD)
     stop = threading.Event()
     with _progress_reporters(names) as reporters, ThreadPoolExecutor(max(1, workers)) as pool:
         futures = {  # each thread in a copy of our context: its logs reach the flow run
@@ -271,6 +287,7 @@ def download_all(
                 expected_md5=sums[name],
                 progress=_stoppable(reporters[name], stop),
                 links_file=urls_file,
+                verified=verified,
                 **options,
             )
             for name in names

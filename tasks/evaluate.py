@@ -11,6 +11,7 @@ thin Prefect wrapper.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 from pathlib import Path
@@ -78,6 +79,9 @@ def evaluate_checkpoint(
             f"{version.path}: {version.resolution} px images but the checkpoint makes "
             f"{model.resolution} px; evaluate on a dataset of the checkpoint's resolution"
         )
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
+    if version.samples("val") == 0:  # a train-only version (--val-fraction 0): say so, succeed
+        return _skipped(checkpoint, state, version, out_dir)
     discriminator, _ = discriminator_from_state(state, accelerator.device)
     val, val_labels, val_groups = load_strips(version, "val", VAL_MIN_IMAGES, workers)
     train, _, _ = load_strips(version, "train", TRAIN_REFERENCE_IMAGES, workers)
@@ -94,7 +98,6 @@ def evaluate_checkpoint(
         device=accelerator.device,
         seed=SEED,
     )
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
     step = int(state.get("step", 0))
     metrics = {}
     for name in metric_names(config.samples):
@@ -128,6 +131,18 @@ def evaluate_checkpoint(
     return evaluation
 
 
+def _skipped(checkpoint: Path, state: dict, version: DatasetVersion, out_dir: Path) -> dict:
+    """No val split, and every metric here compares with val: evaluation.json says why."""
+    reason = f"dataset {version.version} has no val split (--val-fraction 0): evaluation skipped"
+    log.warning("%s", reason)
+    evaluation = {"schema": SCHEMA, "checkpoint": str(checkpoint), "step": state.get("step", 0),
+                  "dataset": version.version, "skipped": reason, "metrics": {},
+                  "headline": []}  # fmt: skip
+    write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+    write_text(out_dir / "report.html", f"<!doctype html><p>{html.escape(reason)}</p>\n")
+    return evaluation
+
+
 evaluate_task = task(name="evaluate")(evaluate_checkpoint)
 
 
@@ -144,7 +159,7 @@ def load_strips(
     if not shards or total == 0:
         raise DatasetError(f"{version.path}: the {split} split is empty; nothing to evaluate on")
     stride = max(1, min(len(shards), total // max(wanted, 1)))
-    strips, labels = load_split(version, split, world_size=stride, workers=workers)
+    strips, labels = load_split(version, split, shards=shards[::stride], workers=workers)
     return strips, labels, _sequence_ids(version, shards[::stride], len(strips))
 
 

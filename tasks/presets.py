@@ -11,10 +11,12 @@ name instead of repeating numbers.
 - `cpu`: the configuration measured best at equal wall-clock on a 2-core CPU
   (benchmarks/quality.py, results/quality-cpu.json): width 16, batch 32, one-sided
   label smoothing 0.1 and the upsample+conv G; what the quickstart runs.
-- `gpu`: the paper's width at a batch that keeps an accelerator busy, with the two
-  changes that won on the CPU (label smoothing, upsample G): both cost nothing in
-  stability and fix the failure measured there (D winning at once, G going grey). Not
-  measured on a GPU yet.
+- `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
+  there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus
+  DiffAugment: measured on an H200 at equal wall-clock (benchmarks/gpu.py, 35 s an arm,
+  2 seeds; results/gpu-h200.json) it reached 1.12-1.18x the SWD floor, against
+  1.19-1.39 without it, 1.73-1.77 with the paper's transposed G (faster: 84k vs 47k
+  images/s at batch 1024) and 2.29-2.56 for the pytorch/examples recipe.
 - `auto` (the default): `gpu` when the job's device resolves to an accelerator, else `cpu`.
 """
 
@@ -38,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "label_smoothing": 0.1,
         "generator": "upsample",
+        "diffaugment": "color,translation,cutout",
         "minutes": 10.0,
         "log_every": 100,
         "sample_every": 500,

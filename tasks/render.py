@@ -46,9 +46,12 @@ def render_run(
     out = Path(out_dir) if out_dir is not None else checkpoint.parent
     paths = [
         interpolation_gif(G, out / INTERPOLATION, seed=seed),
-        real_vs_fake_by_city(G, version, out / BY_CITY, seed=seed),
         nearest_neighbours(G, version, out / NEIGHBOURS, seed=seed),
     ]
+    if version.samples("val"):
+        paths.insert(1, real_vs_fake_by_city(G, version, out / BY_CITY, seed=seed))
+    else:  # a train-only version (--val-fraction 0)
+        log.warning("%s has no val split: the real-vs-generated grid is skipped", version.version)
     log.info("renders of %s: %s", checkpoint, ", ".join(p.name for p in paths))
     return paths
 

@@ -9,10 +9,8 @@ from pathlib import Path
 
 from prefect import task
 
-from shards.checksums import verify_listed
+from shards.checksums import VERIFIED_RECORD, verify_listed
 from shards.synthetic import SyntheticConfig, write_synthetic_source
-
-VERIFIED_RECORD = "verified-sources.json"  # in raw_dir: source files whose md5 matched
 
 
 class SourceSpecError(ValueError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +25,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # on by default; DO_N
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from prefect import task
 
-from gan.checkpoint import save_checkpoint
 from gan.distributed import world_from_env
 from gan.trainer import Trainer
 from shards.atomic import write_text
@@ -39,9 +39,14 @@ from shards.options import flat
 from shards.provenance import code_version
 from shards.rundir import RunDir
 from tasks.jobs import TrainJob
+from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
 
-MODEL_NAME = "msls-dcgan"
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
+# MLflow 3.17's UI picks its GenAI or model-training view from its workflow-type switch
+# (`?workflowType=machine_learning`, then remembered in the browser), not from this tag;
+# the tag records the kind for MLflow versions and tools that read it.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_METRICS_INTERVAL = 5.0  # seconds between CPU/memory/GPU samples
 
 log = logging.getLogger("msls.track")
 
@@ -73,7 +78,7 @@ def experiment_id(client: MlflowClient, name: str, data_root: str | os.PathLike[
     if not tracking_uri(data_root).startswith(("http://", "https://", "databricks")):
         location = (DataLayout.at(data_root).mlflow_artifacts.resolve() / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 
@@ -136,10 +141,12 @@ class MlflowCallback:
         self.checkpoint: Path | None = None
         self._pending: list = []
         self._tagged = False
+        self._monitor: SystemMetricsMonitor | None = None
         if not self.active:
             return
         self.client = client_for(job.data_root)
         self.run_id = run_id_of(self.run_dir)
+        resumed = self.run_id is not None
         if self.run_id is None:
             experiment = experiment_id(self.client, f"msls-{job.dataset}", job.data_root)
             run = self.client.create_run(experiment, run_name=self.run_dir.name)
@@ -154,6 +161,14 @@ class MlflowCallback:
             tags["prefect_flow_run_id"] = flow_run
         self._set_tags(tags)
         log.info("MLflow run %s (%s)", self.run_id, tracking_uri(job.data_root))
+        if job.nproc == 1 or world_from_env().size > 1:  # the process that trains, not a launcher
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=SYSTEM_METRICS_INTERVAL,
+                resume_logging=resumed,
+                tracking_uri=tracking_uri(job.data_root),
+            )
+            self._monitor.start()
 
     def __enter__(self) -> MlflowCallback:
         return self
@@ -211,7 +226,8 @@ class MlflowCallback:
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         if (self.run_dir / "samples").is_dir():
             self.client.log_artifacts(self.run_id, str(self.run_dir / "samples"), "samples")
-        register_generator(self.client, self.run_id, trainer, self.job)
+        state = {"ema": trainer.ema.state_dict(), "job": self.job.to_dict()}
+        register_generator(self.client, self.run_id, state, self.job.dataset, trainer.step)
         self.end("FINISHED")
 
     def flush(self) -> None:
@@ -225,41 +241,10 @@ class MlflowCallback:
         """Close the MLflow run (call with "FAILED" when training raised)."""
         if self.active:
             self.flush()
+            if self._monitor is not None:  # its last samples, before the run closes
+                self._monitor.finish()
+                self._monitor = None
             self.client.set_terminated(self.run_id, status=status)
-
-
-def register_generator(client: MlflowClient, run_id: str, trainer: Trainer, job: TrainJob):
-    """Log the EMA generator as an msls checkpoint and register it as `msls-dcgan`.
-
-    The artifact `generator/generator.pt` holds only the EMA weights and the job (whose
-    model section rebuilds the architecture): `gan.sampling.load_generator` reads it
-    with `weights_only=True`. mlflow.pytorch.log_model would pickle the module instead
-    (code runs on load) and infer pip requirements in a subprocess; a registered
-    version pointing at the run's artifact directory needs neither.
-    """
-    state = {
-        "ema": trainer.ema.state_dict(),
-        "job": job.to_dict(),
-        "dataset": job.dataset,
-        "step": trainer.step,
-        "code_version": code_version(),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp) / "generator.pt", state)
-        client.log_artifact(run_id, str(Path(tmp) / "generator.pt"), "generator")
-    try:
-        client.create_registered_model(MODEL_NAME)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/generator"
-    return client.create_model_version(
-        MODEL_NAME,
-        source,
-        run_id=run_id,
-        tags={"dataset_version": job.dataset, "step": str(trainer.step)},
-        description=f"EMA generator of {job.run or run_id} at step {trainer.step}",
-    )
 
 
 def log_artifacts(
@@ -279,4 +264,19 @@ def log_artifacts(
             raise FileNotFoundError(f"{path}: nothing to log to MLflow run {run_id}")
 
 
+def log_evaluation(run_id: str, evaluation: dict, data_root: str | os.PathLike[str]) -> None:
+    """The evaluation headline onto the run (metrics) and its registered version (tags)."""
+    record_evaluation(client_for(data_root), run_id, evaluation)
+
+
+def promote_run(
+    run: str, alias: str = DEFAULT_ALIAS, data_root: str | os.PathLike[str] | None = None
+) -> ModelVersion:
+    """`models:/msls-dcgan@<alias>` -> the newest version of `run` (a run name or MLflow id)."""
+    root = data_root if data_root is not None else default_data_root()
+    run_id = run_id_of(DataLayout.at(root).runs / run) or run
+    return promote(client_for(root), run_id, alias)
+
+
 track_task = task(name="track")(log_artifacts)
+evaluation_task = task(name="track-evaluation")(log_evaluation)

@@ -24,7 +24,7 @@ from gan.distributed import World, init_process_group, shutdown, world_from_env
 from gan.loop import Budget, Callback, ProgressCallback, fit, options_json, restore
 from gan.trainer import Trainer
 from shards.atomic import write_text
-from shards.dataset import resolve_version
+from shards.dataset import resolve_version, resume_version
 from shards.layout import DataLayout
 from shards.options import from_dict
 from shards.provenance import code_version
@@ -35,18 +35,40 @@ from shards.version import DatasetVersion
 from tasks.jobs import TrainJob
 
 
+def pin_dataset(job: TrainJob) -> TrainJob:
+    """`job` on the dataset version it will train on, checked before any work starts.
+
+    A resume continues on its checkpoint's version (not LATEST's); `latest` is resolved;
+    a split too small for `nproc` ranks of `batch_size` says so in one line now, not
+    once per rank after they started.
+    """
+    layout = DataLayout.at(job.data_root)
+    if job.resume:
+        checkpoint = _checkpoint_path(RunDir.for_run(layout, "", resume=job.resume).path, job)
+        recorded = load_checkpoint(checkpoint, mmap=True).get("dataset")
+        job = replace(job, dataset=resume_version(layout, job.dataset, recorded, checkpoint))
+    job = replace(job, dataset=resolve_version(layout, job.dataset))
+    if job.nproc > 1:
+        version = DatasetVersion(layout.dataset(job.dataset))
+        version.batches_per_rank("train", job.train.batch_size, job.nproc)
+    return job
+
+
 def train_model(job: TrainJob, callbacks: list[Callback] | None = None) -> dict:
     """Train per `job`; return {run, run_dir, checkpoint, step, dataset}."""
     layout = DataLayout.at(job.data_root)
-    job = replace(job, dataset=resolve_version(layout, job.dataset))
+    job = pin_dataset(job)
     run_dir = RunDir.for_run(layout, job.dataset, job.run, job.resume).path
     if job.nproc > 1 and world_from_env().size == 1:
         return _launch(job, run_dir)
     return _train(job, run_dir, callbacks or [])
 
 
-def _launch(job: TrainJob, run_dir: Path) -> dict:
-    """Run this module under torchrun with one process per device; wait for it."""
+def _launch(job: TrainJob, run_dir: Path, args: tuple[str, ...] = ()) -> dict:
+    """Run this module under torchrun with one process per device; wait for it.
+
+    `args` go to every process's `main()` (`--tracked`: rank 0 tracks the run).
+    """
     job = replace(job, run=job.run or run_dir.name)  # every rank must find the same run dir
     job_file = RunDir(run_dir).job
     write_text(job_file, json.dumps(job.to_dict(), indent=2))
@@ -60,6 +82,7 @@ def _launch(job: TrainJob, run_dir: Path) -> dict:
         "tasks.train",
         "--job",
         str(job_file),
+        *args,
     ]
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
@@ -164,18 +187,32 @@ def _budget(job: TrainJob, version: DatasetVersion, world: World, step: int) -> 
 def train_tracked(job: TrainJob) -> dict:
     """`train_model` tracked in MLflow, with fixed-noise sample grids: what the flow runs.
 
-    Tracking runs in this process, so it covers single-process runs (`nproc` 1).
+    With `nproc > 1` this process creates the MLflow run and rank 0 of the torchrun
+    processes fills it (the same callbacks as one process); a failure marks it FAILED.
     """
-    from gan.render import SampleGridCallback
+    from tasks.progress import StatsProgress, TrainingProgress
     from tasks.track import MlflowCallback, pin_run, run_id_of
 
-    if job.nproc > 1:
-        raise ValueError("tracked training runs one process; use `msls train --nproc` untracked")
-    job, run_dir = pin_run(job)
-    grids = SampleGridCallback(run_dir, job.loop.sample_every)
+    job, run_dir = pin_run(pin_dataset(job))
+    progress = TrainingProgress(job)  # a bar in the Prefect UI
     with MlflowCallback(job, run_dir) as tracker:  # a crash marks the MLflow run FAILED
-        result = train_model(job, [grids, tracker])
+        if job.nproc > 1 and world_from_env().size == 1:
+            with StatsProgress(progress, RunDir(run_dir).stats):
+                result = _launch(job, run_dir, ("--tracked",))
+        else:
+            result = train_model(job, [progress, *tracked_callbacks(job, run_dir, tracker)])
     return {**result, "mlflow_run_id": run_id_of(run_dir)}
+
+
+def tracked_callbacks(
+    job: TrainJob, run_dir: Path, tracker: Callback | None = None
+) -> list[Callback]:
+    """Sample grids every `loop.sample_every` steps, then MLflow (last: it uploads the grids)."""
+    from gan.render import SampleGridCallback
+    from tasks.track import MlflowCallback
+
+    tracker = tracker if tracker is not None else MlflowCallback(job, run_dir)
+    return [SampleGridCallback(run_dir, job.loop.sample_every), tracker]
 
 
 train_task = task(name="train")(train_tracked)
@@ -185,9 +222,11 @@ def main() -> None:
     """Entry point of each torchrun process."""
     parser = argparse.ArgumentParser(description="one process of a distributed msls training run")
     parser.add_argument("--job", required=True, type=Path)
+    parser.add_argument("--tracked", action="store_true", help="fill the run's MLflow run")
     args = parser.parse_args()
     job = TrainJob.from_dict(json.loads(args.job.read_text()))
-    train_model(job)
+    run_dir = args.job.parent
+    train_model(job, tracked_callbacks(job, run_dir) if args.tracked else None)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ def summary_markdown(evaluation: dict) -> str:
     ]
     for name, value, reference, verdict in evaluation["headline"]:
         lines.append(f"| {name} | {format_value(value)} | {format_value(reference)} | {verdict} |")
+    if "skipped" in evaluation:  # a train-only version: no metrics, the reason instead
+        lines[2:] = [evaluation["skipped"]]
     return "\n".join(lines)
 
 

@@ -62,3 +62,17 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     assert result["best"] == "smooth-upsample-ada" and result["arms"]["recipe"]["seeds"] == 2
     assert isinstance(result["best_beats_recipe_beyond_spread"], bool)
     assert {"logit_gap", "real_pos", "ada_p", "diversity"} <= set(result["runs"][0]["final"])
+
+
+def test_gpu_benchmark_arms_are_the_preset_and_named_changes():
+    """benchmarks/gpu.py (run on the lent GPU, not here) trains what the gpu preset says."""
+    from benchmarks.gpu import ARMS, Bench, replace_options
+    from tasks.presets import PRESETS
+
+    job = Bench("cpu", overrides={"ngf": 8}).job("v1", seconds=30, seed=2)
+    assert job.train.batch_size == PRESETS["gpu"]["batch_size"] and job.model.ngf == 8
+    assert (job.dataset, job.minutes, job.train.seed) == ("v1", 0.5, 2)
+    assert replace_options(job, ARMS["gpu-preset"]) == job
+    plain = replace_options(job, ARMS["transposed"])
+    assert (plain.model.generator, plain.train.diffaugment) == ("transposed", "")
+    assert plain.train.seed == 2 and plain.model.ngf == 8  # nothing else moved

@@ -242,6 +242,26 @@ def test_rerun_after_success_makes_no_requests(s3: FakeS3, tmp_path: Path) -> No
     _assert_complete(s3, raw)
 
 
+def test_rerun_hashes_nothing_but_a_file_changed_since(
+    s3: FakeS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.download
+
+    links, raw = s3.links_file(tmp_path), tmp_path / "raw"
+    download_all(links, raw, **FAST)
+    hashed: list[str] = []
+    real = tasks.download.md5_of
+    monkeypatch.setattr(
+        tasks.download, "md5_of", lambda p, *a: hashed.append(p.name) or real(p, *a)
+    )
+    download_all(links, raw, **FAST)
+    assert hashed == []  # each verified file is remembered by size and mtime
+    (raw / VOL1).write_bytes(b"x" * len(s3.files[VOL1]))  # damaged since: same size
+    download_all(links, raw, **FAST)
+    assert hashed == [VOL1]
+    _assert_complete(s3, raw)
+
+
 def test_resume_appends_to_existing_part_with_range(s3: FakeS3, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()

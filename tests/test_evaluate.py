@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gan.checkpoint import CheckpointError
-from gan.metrics import EvalConfig, metric_names
+from gan.metrics import EvalConfig, EvalInputs, compute_metric, metric_names
 from gan.metrics.inception import NO_INCEPTION
 from gan.models import ModelConfig
 from gan.sampling import generate, interpolation_steps, load_discriminator, load_generator, slerp
@@ -26,7 +26,7 @@ from shards.split import SplitConfig
 from tasks.evaluate import evaluate_checkpoint
 from tasks.report import render_report
 from tasks.train import TrainJob, train_model
-from tasks.verdicts import headline, summary_markdown, training_health
+from tasks.verdicts import headline, summary_markdown, swd_verdict, training_health
 from tests.msls_builder import MslsBuilder
 
 TOP_KEYS = {"schema", "checkpoint", "step", "dataset", "created", "n_samples", "metrics"}
@@ -185,3 +185,18 @@ def test_training_health_of_an_older_run_says_what_is_missing(tmp_path):
     assert not health["health_logged"] and health["warnings"] == []
     assert "no health metrics logged" in headline({}, health)[0][3]
     assert training_health(tmp_path / "nowhere", 7)["log_lines"] == 0
+
+
+def test_grey_samples_are_never_called_near_real():
+    """The quickstart's old failure: uniform grey samples. Their SWD verdict must say what
+    a person sees, whatever the ratio."""
+    g = torch.Generator().manual_seed(0)
+    strips = torch.randint(0, 256, (32, 3, 32, 64), generator=g, dtype=torch.uint8)
+    grey = torch.full((32, 3, 32, 32), 128, dtype=torch.uint8)
+    inputs = EvalInputs(grey, strips, strips)
+    metrics = {name: compute_metric(name, inputs) for name in ("swd32_valwin", "diversity")}
+    verdicts = {row[0]: row[3] for row in headline(metrics)}
+    assert verdicts["diversity"] == "mode collapse"
+    assert verdicts["swd32_valwin"].startswith("far from real: samples collapsed")
+    fake_good = {**metrics["swd32_valwin"], "ratio": 1.0}  # even a perfect-looking number
+    assert swd_verdict(fake_good, collapsed=True).startswith("far from real")

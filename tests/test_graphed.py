@@ -13,8 +13,7 @@ import torch
 
 from gan.accelerators import Accelerator
 from gan.distributed import World
-from gan.graphed import graph_plan
-from gan.trainer import TrainConfig
+from gan.trainer import TrainConfig, graph_plan
 
 CUDA = Accelerator(torch.device("cuda"), "cuda", torch.bfloat16, True)
 CPU = Accelerator(torch.device("cpu"), "cpu", None, True)

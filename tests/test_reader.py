@@ -116,11 +116,17 @@ def test_load_split_in_worker_processes_gives_the_same_tensors(version, train):
     assert torch.equal(images, train[0]) and torch.equal(cls, train[1])
 
 
-def test_ranks_load_disjoint_shards_that_cover_the_split(version, train):
-    parts = [load_split(version, "train", rank=r, world_size=2, workers=1) for r in (0, 1)]
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_load_equal_disjoint_parts_that_cover_the_split(version, train, world_size):
+    parts = [
+        load_split(version, "train", rank=r, world_size=world_size, workers=1)
+        for r in range(world_size)
+    ]
+    n = version.samples("train")
+    assert [len(images) for images, _ in parts] == [n // world_size] * world_size
     ids = [set(fingerprints(images)) for images, _ in parts]
-    assert not ids[0] & ids[1]
-    assert ids[0] | ids[1] == set(fingerprints(train[0]))
+    assert sum(map(len, ids)) == len(set().union(*ids))  # disjoint
+    assert len(set(fingerprints(train[0])) - set().union(*ids)) == n % world_size
 
 
 # ---------------------------------------------------------------- cached batches
@@ -327,7 +333,7 @@ def test_make_batches_picks_the_cache(version):
     assert isinstance(make_batches(version, "train", LoaderConfig(), batch_size=4), CachedBatches)
     streamed = make_batches(version, "train", LoaderConfig(cache="none"), batch_size=4)
     assert isinstance(streamed, StreamingBatches)
-    with pytest.raises(ValueError, match="fewer than world_size x batch_size"):
+    with pytest.raises(DatasetError, match="do not fill one batch of 1000 per process"):
         StreamingBatches(version, "train", LoaderConfig(), batch_size=1000)
 
 

@@ -7,6 +7,7 @@ import socket
 from dataclasses import replace
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -14,8 +15,8 @@ from gan.checkpoint import load_checkpoint
 from gan.sampling import generator_from_state
 from shards.layout import DataLayout
 from shards.provenance import code_version
+from tasks.registry import MODEL_NAME
 from tasks.track import (
-    MODEL_NAME,
     MlflowCallback,
     log_artifacts,
     params_of,
@@ -40,6 +41,7 @@ def runs(tmp_path_factory):
     """One tracked run of 4 steps, then the same run resumed to 6 steps."""
     with pytest.MonkeyPatch.context() as env:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)  # the data root's store, not the user's
+        env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # samples in a short run
         root = build_dataset(tmp_path_factory.mktemp("track"))
         first, run_id = tracked(tiny_job(root, run="tracked"))
         first_history = MlflowClient(tracking_uri(root)).get_metric_history(run_id, "loss_d")
@@ -70,6 +72,7 @@ def test_one_run_with_every_param_tag_and_metric(runs, client):
     assert run.info.run_name == "tracked"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == f"msls-{first['dataset']}"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location.startswith((root.resolve() / "mlartifacts").as_uri())
     named = client.search_runs([run.info.experiment_id], "attributes.run_name = 'tracked'")
     assert len(named) == 1
@@ -99,7 +102,7 @@ def test_metric_histories_have_the_logging_steps(runs, client):
 def test_checkpoint_and_registered_generator(runs, client, tmp_path):
     run_id, resumed = runs.run_id, runs.resumed
     names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"checkpoint", "generator", "options.json", "stats.jsonl"} <= names
+    assert {"checkpoint", "options.json", "stats.jsonl"} <= names
     assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == [
         "checkpoint/checkpoint.pt"
     ]
@@ -109,11 +112,28 @@ def test_checkpoint_and_registered_generator(runs, client, tmp_path):
     assert latest.run_id == run_id
     assert latest.tags["dataset_version"] == resumed["dataset"]
     assert latest.tags["step"] == "6"
-    local = client.download_artifacts(run_id, "generator/generator.pt", str(tmp_path))
-    G, config = generator_from_state(load_checkpoint(local))
+    outputs = client.get_run(run_id).outputs.model_outputs  # MLflow 3 LoggedModels, by step
+    models = {o.step: client.get_logged_model(o.model_id) for o in outputs}
+    assert sorted(models) == [4, 6]
+    assert all(m.source_run_id == run_id and m.status == "READY" for m in models.values())
+    assert latest.source == models[6].artifact_location
+    local = client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    weights = mlflow.artifacts.download_artifacts(
+        f"{latest.source}/artifacts/generator.pt", dst_path=str(tmp_path / "model")
+    )
+    G, config = generator_from_state(load_checkpoint(weights))
     assert config.nz == 16
-    final = load_checkpoint(resumed["checkpoint"])
+    final = load_checkpoint(local)
     assert all((G.state_dict()[k] == v).all() for k, v in final["ema"].items())
+
+
+def test_system_metrics_are_sampled_while_training(runs, client):
+    metrics = client.get_run(runs.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    history = client.get_metric_history(runs.run_id, "system/cpu_utilization_percentage")
+    steps = [m.step for m in history]
+    assert len(set(steps)) == len(steps)  # the resumed session continued the step count
 
 
 def test_resume_continues_the_same_mlflow_run(runs, client):

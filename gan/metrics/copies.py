@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gan.images import FEATURE_SIDE, nearest, pixel_features
+from gan.images import FEATURE_SIDE, nearest, pixel_features, strip_windows
 
 FEATURE_SPACE = f"{FEATURE_SIDE}x{FEATURE_SIDE} RGB pixels, L2"
 DIVERSITY_MAX_IMAGES = 1024
@@ -19,9 +19,13 @@ DIVERSITY_MAX_IMAGES = 1024
 def memorisation_stats(generated: torch.Tensor, val: torch.Tensor, train: torch.Tensor) -> dict:
     """Nearest-train distances of generated samples against those of val images.
 
-    All three uint8 [*,3,R,R]; `train` is the reference set searched.
+    generated, val: uint8 [*,3,R,R]; train: uint8 [S,3,R,W] strips, searched as six
+    windows each (`strip_windows`), a chunk of strips at a time so the windows of
+    10,000 strips (~740 MB at 64 px) never exist at once.
     """
-    reference = pixel_features(train)
+    reference = torch.cat(
+        [pixel_features(strip_windows(chunk).flatten(0, 1)) for chunk in train.split(512)]
+    )
     d_gen = nearest(pixel_features(generated), reference)[1]
     d_val = nearest(pixel_features(val), reference)[1]
     threshold = float(torch.quantile(d_val, 0.01))
@@ -36,7 +40,7 @@ def memorisation_stats(generated: torch.Tensor, val: torch.Tensor, train: torch.
         "fraction_below_val_p1": float((d_gen < threshold).float().mean()),
         "generated_images": len(generated),
         "val_images": len(val),
-        "train_images": len(train),
+        "train_images": len(reference),
     }
 
 

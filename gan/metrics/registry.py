@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gan.images import strip_windows
 from gan.metrics.copies import diversity_stats, memorisation_stats
 from gan.metrics.inception import NO_INCEPTION, inception_distances
 from gan.metrics.inputs import EvalInputs, count_label, not_computed
@@ -127,8 +126,7 @@ def memorisation(inputs: EvalInputs) -> dict:
     """Samples' nearest-train distances against val windows' (6 windows per train strip)."""
     if min(inputs.samples, len(inputs.val), len(inputs.train)) < 1:
         return not_computed("not computed: needs generated, val and train images")
-    reference = strip_windows(inputs.train).flatten(0, 1)
-    return memorisation_stats(inputs.generated, inputs.val_windows(), reference)
+    return memorisation_stats(inputs.generated, inputs.val_windows(), inputs.train)
 
 
 @register_metric("diversity")
