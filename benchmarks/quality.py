@@ -11,9 +11,10 @@ windows, and divided by the real-vs-real floor (train vs val windows): 1 is as g
   included, scored with BatchNorm in eval and in train mode (keeping the better).
 Arms run seed-major (every arm's seed 0, then every arm's seed 1, ...), so load from
 other work on a shared machine falls on all arms alike. Each run's checkpoint (the
-recipe's generator.pt) and a sample grid stay under <data>/data/runs/sweep-<arm>-s<seed>/,
-and its record in a JSONL file: training and scoring are separate phases, so a sweep
-that stops picks up where it stopped, and a changed judge only rescores.
+recipe's generator.pt) and a sample grid stay in <data>/data/runs/sweep-<arm>-<seconds>s-
+s<seed>/, its record and scores in a JSONL file: training and scoring are separate
+phases, so a sweep that stops picks up where it stopped, and a changed judge only
+rescores.
 
     python -m benchmarks.train setup --images 2000 --val-fraction 0.1 --out build/quality
     python -m benchmarks.quality --data build/quality --seconds 90 --seeds 3
@@ -81,7 +82,7 @@ ARMS: dict[str, tuple[dict, dict]] = {
 
 
 def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
-    """The TrainJob of `arm` for `seconds` of training, run directory sweep-<arm>-s<seed>."""
+    """The TrainJob of `arm` for `seconds` of training, in its `run_dir`."""
     train, model = ARMS[arm]
     values = {
         "dataset": (data / "version").read_text().strip(),
@@ -96,11 +97,11 @@ def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
         **model,
     }
     job = build(TrainJob, values)
-    return replace(job, data_root=str(data / "data"), run=f"sweep-{arm}-s{seed}")
+    return replace(job, data_root=str(data / "data"), run=run_dir(data, arm, seconds, seed).name)
 
 
-def run_dir(data: Path, arm: str, seed: int) -> Path:
-    return data / "data" / "runs" / f"sweep-{arm}-s{seed}"
+def run_dir(data: Path, arm: str, seconds: float, seed: int) -> Path:
+    return data / "data" / "runs" / f"sweep-{arm}-{seconds:g}s-s{seed}"
 
 
 def train_ours(data: Path, arm: str, seconds: float, seed: int) -> dict:
@@ -142,9 +143,10 @@ def train_recipe(folder: Path, seconds: float, seed: int, out: Path) -> dict:
     return {**record, "load_average_before": round(load, 2)}
 
 
-def trained_generator(data: Path, arm: str, seed: int) -> Generator | None:
+def trained_generator(data: Path, run: dict) -> Generator | None:
     """The generator a run left (ours: the EMA G of its checkpoint), None if absent."""
-    folder = run_dir(data, arm, seed)
+    arm = run["arm"]
+    folder = run_dir(data, arm, run["budget"], run["seed"])
     path = folder / ("generator.pt" if arm == RECIPE else "checkpoint.pt")
     if not path.is_file():
         return None
@@ -175,7 +177,6 @@ def score(
         "floor": round(result["floor_mean"], 2),
         "ratio": round(result["ratio"], 2),
         "bn_mode": best,
-        "scored_with": PROTOCOL,
     }
 
 
@@ -233,8 +234,20 @@ def _finished(records: Path, data: Path) -> dict[tuple[str, int], dict]:
     return {
         (line["arm"], line["seed"]): line
         for line in lines
-        if (run_dir(data, line["arm"], line["seed"]) / _generator_file(line["arm"])).is_file()
+        if (
+            run_dir(data, line["arm"], line["budget"], line["seed"]) / _generator_file(line["arm"])
+        ).is_file()
     }
+
+
+def _save(records: Path, runs: list[dict]) -> None:
+    """Merge `runs` into the records file (by arm and seed), atomically."""
+    done = {}
+    if records.is_file():
+        lines = records.read_text().splitlines()
+        done = {(r["arm"], r["seed"]): r for r in (json.loads(line) for line in lines if line)}
+    done.update({(run["arm"], run["seed"]): run for run in runs})
+    write_text(records, "".join(json.dumps(r) + "\n" for r in done.values()))
 
 
 def _generator_file(arm: str) -> str:
@@ -249,12 +262,12 @@ def _train(args: argparse.Namespace, arms: list[str], records: Path) -> list[dic
         for arm in arms:
             if (arm, seed) not in done:
                 if arm == RECIPE:
-                    out = run_dir(args.data, arm, seed)
+                    out = run_dir(args.data, arm, args.seconds, seed)
                     record = train_recipe(args.data / "imagefolder", args.seconds, seed, out)
                 else:
                     record = train_ours(args.data, arm, args.seconds, seed)
-                done[arm, seed] = record
-                write_text(records, "".join(json.dumps(r) + "\n" for r in done.values()))
+                done[arm, seed] = {**record, "budget": args.seconds}
+                _save(records, [done[arm, seed]])
                 print(json.dumps(record), flush=True)
             runs.append(done[arm, seed])
     return runs
@@ -296,10 +309,14 @@ def main() -> None:
     root = args.data / "data"
     version = DatasetVersion(root / "datasets" / (args.data / "version").read_text().strip())
     strips = {split: load_strips(version, split, 10**6, 0)[0] for split in ("val", "train")}
-    for run in runs:
-        G = trained_generator(args.data, run["arm"], run["seed"])
-        run.update(score(G, strips, args.samples, args.draws, run["arm"] == RECIPE))
-        save_grid(G, run_dir(args.data, run["arm"], run["seed"]) / "grid.png")
+    judged_by = f"{PROTOCOL}; {args.samples} samples, {args.draws} draws"
+    for run in runs:  # scores kept with the records: a run is scored once per protocol
+        if run.get("scored_with") != judged_by:
+            G = trained_generator(args.data, run)
+            run.update(score(G, strips, args.samples, args.draws, run["arm"] == RECIPE))
+            run["scored_with"] = judged_by
+            save_grid(G, run_dir(args.data, run["arm"], run["budget"], run["seed"]) / "grid.png")
+            _save(records, [run])
     result = {
         "benchmark": "quality-sweep",
         "machine": {

@@ -58,7 +58,7 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     ]  # fmt: skip
     assert [r["seconds"] for r in result["runs"][:2]] == [r["seconds"] for r in first]
     assert all(r["steps"] >= 1 and r["swd"] > 0 and r["ratio"] > 0 for r in result["runs"])
-    assert (data / "data" / "runs" / "sweep-recipe-s1" / "grid.png").is_file()
+    assert (data / "data" / "runs" / "sweep-recipe-1s-s1" / "grid.png").is_file()
     assert result["best"] == "smooth-upsample-ada" and result["arms"]["recipe"]["seeds"] == 2
     assert isinstance(result["best_beats_recipe_beyond_spread"], bool)
     assert {"logit_gap", "real_pos", "ada_p", "diversity"} <= set(result["runs"][0]["final"])
