@@ -12,18 +12,41 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from shards.cities import ALL_TRAIN_VAL_CITIES, TEST_CITIES
 
-if TYPE_CHECKING:
-    from shards.synthetic import SyntheticImage
-
 CAMERA_HEIGHT, STEP, FAR = 2.0, 3.0, 150.0  # metres: camera above road, per frame, horizon
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """One planned image: everything its CSV rows say about it (the drawing follows)."""
+
+    key: str
+    city: str
+    subset: str  # "train_val" | "test"
+    folder: str  # "query" | "database"
+    sequence_key: str
+    frame_number: int
+    width: int
+    height: int
+    pano: bool
+    night: bool
+    lat: float
+    lon: float
+    ca: float  # compass angle of the camera, degrees clockwise from north
+    captured_at: int  # epoch milliseconds, UTC
+    view_direction: str  # one of shards.synthetic.VIEWS
+    control_panel: bool  # the dashboard is in view (drawn as a dark band at the bottom)
+
+    @property
+    def member(self) -> str:
+        return f"{self.subset}/{self.city}/{self.folder}/images/{self.key}.jpg"
 
 
 def stable_int(text: str) -> int:

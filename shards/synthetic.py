@@ -40,7 +40,7 @@ from shards.cities import (
 from shards.options import option
 from shards.parallel import cpu_count
 from shards.progress import track
-from shards.streetscape import render_image
+from shards.streetscape import SyntheticImage, render_image
 
 SIZES = ((640, 480),) * 6 + ((480, 640), (512, 384), (256, 256))  # MSLS: 256x256 to 640x480
 PANO_SIZE = (1024, 512)
@@ -86,32 +86,6 @@ class SyntheticConfig:
         names = [*DEFAULT_CITIES, *rest][: self.n_cities]
         tests = TEST_CITIES[: self.n_test_cities]
         return [("train_val", c) for c in names] + [("test", c) for c in tests]
-
-
-@dataclass(frozen=True)
-class SyntheticImage:
-    """One planned image: everything its CSV rows say about it (the drawing follows)."""
-
-    key: str
-    city: str
-    subset: str  # "train_val" | "test"
-    folder: str  # "query" | "database"
-    sequence_key: str
-    frame_number: int
-    width: int
-    height: int
-    pano: bool
-    night: bool
-    lat: float
-    lon: float
-    ca: float  # compass angle of the camera, degrees clockwise from north
-    captured_at: int  # epoch milliseconds, UTC
-    view_direction: str  # one of VIEWS
-    control_panel: bool  # the dashboard is in view (drawn as a dark band at the bottom)
-
-    @property
-    def member(self) -> str:
-        return f"{self.subset}/{self.city}/{self.folder}/images/{self.key}.jpg"
 
 
 def _utm(lat: float, lon: float) -> tuple[float, float]:

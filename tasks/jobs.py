@@ -10,12 +10,13 @@ options.json and MLflow record. Rules between options live in each job's
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gan.accelerators import DEVICES, check_device
-from gan.loop import LoopConfig
+from gan.loop import Budget, LoopConfig
 from gan.metrics import EvalConfig
 from gan.models import ModelConfig
 from gan.trainer import TrainConfig
@@ -114,6 +115,20 @@ class TrainJob:
         # WGAN-GP's penalty is per sample: its critic must not mix samples in BatchNorm.
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             object.__setattr__(self, "model", replace(self.model, d_norm="layer"))
+
+    def budget(self, train_samples: int, world_size: int, step: int) -> Budget:
+        """When to stop: total steps to reach (counting from step 0), or minutes from now.
+
+        Epochs become steps over `train_samples` images at `world_size` processes; a
+        resume must ask for more steps than its checkpoint's `step` (ValueError).
+        """
+        steps = self.steps
+        if self.epochs:
+            per_step = self.train.batch_size * self.train.d_steps * world_size
+            steps = math.ceil(self.epochs * train_samples / per_step)
+        if self.resume and steps and steps <= step:
+            raise ValueError(f"the checkpoint is at step {step}; ask for more steps than that")
+        return Budget(steps=steps, minutes=self.minutes)
 
     def to_dict(self) -> dict:
         return asdict(self)

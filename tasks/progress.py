@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from uuid import UUID
 
-from gan.distributed import World
 from gan.trainer import Trainer
 from shards.layout import DataLayout
 from shards.reader import DatasetVersion
@@ -81,10 +80,8 @@ class TrainingProgress:
     """Training loop callback: the budget spent (steps, epochs or minutes), as a bar."""
 
     def __init__(self, job: TrainJob) -> None:
-        from tasks.train import _budget
-
         version = DatasetVersion(DataLayout.at(job.data_root).dataset(job.dataset))
-        budget = _budget(job, version, World(size=job.nproc), 0)
+        budget = job.budget(version.samples("train"), job.nproc, 0)
         self.steps, self.seconds = budget.steps, budget.minutes * 60
         self.started = time.monotonic()
         self.bar = PrefectProgress(TRAIN_KEY, f"training {job.run or 'run'} on {job.dataset}")

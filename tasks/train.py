@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import subprocess
 import sys
 from dataclasses import fields, replace
@@ -20,8 +19,8 @@ from prefect import task
 
 from gan.accelerators import ddp_backend, resolve_accelerator
 from gan.checkpoint import load_checkpoint
-from gan.distributed import World, init_process_group, shutdown, world_from_env
-from gan.loop import Budget, Callback, ProgressCallback, fit, options_json, restore
+from gan.distributed import init_process_group, shutdown, world_from_env
+from gan.loop import Callback, ProgressCallback, fit, options_json, restore
 from gan.trainer import Trainer
 from shards.atomic import write_text
 from shards.dataset import resolve_version, resume_version
@@ -124,7 +123,7 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             trainer = Trainer(job.train, job.model, accelerator, world)
             if state is not None:
                 restore(trainer, batches, state)
-            budget = _budget(job, version, world, trainer.step)
+            budget = job.budget(version.samples("train"), world.size, trainer.step)
             if world.is_main:
                 write_text(
                     RunDir(run_dir).options,
@@ -173,17 +172,6 @@ def _with_saved_configs(job: TrainJob, saved: dict) -> TrainJob:
 def _checkpoint_path(run_dir: Path, job: TrainJob) -> Path:
     path = Path(job.resume)
     return path if path.suffix == ".pt" else RunDir(run_dir).checkpoint
-
-
-def _budget(job: TrainJob, version: DatasetVersion, world: World, step: int) -> Budget:
-    """Total steps to reach (counting from step 0), or minutes from now."""
-    steps = job.steps
-    if job.epochs:
-        per_step = job.train.batch_size * job.train.d_steps * world.size
-        steps = math.ceil(job.epochs * version.samples("train") / per_step)
-    if job.resume and steps and steps <= step:
-        raise ValueError(f"the checkpoint is at step {step}; ask for more steps than that")
-    return Budget(steps=steps, minutes=job.minutes)
 
 
 def train_tracked(job: TrainJob) -> dict:
