@@ -18,10 +18,20 @@ COLLAPSE_SHARE = 0.25  # samples spread less than a quarter as much as real imag
 COLLAPSE_AFTER = 100  # ... after this many steps: a transposed G starts near 0.06 (a
 # real batch: ~0.39) and a healthy one leaves that by then; the CPU quickstart's grey
 # G stayed under 0.03 for hundreds of steps
-REMEDY = (
-    "try label_smoothing 0.1, generator upsample, diffaugment color,translation,cutout "
-    "(with ada_target 0.6), or a lower lr_d"
+# What helps, each with the config value that says it is already in use.
+REMEDIES = (
+    ("label_smoothing 0.1", lambda train, model: train.label_smoothing > 0),
+    ("generator upsample", lambda train, model: model.generator == "upsample"),
+    ("diffaugment color,translation,cutout", lambda train, model: bool(train.diffaugment)),
+    ("ada_target 0.6", lambda train, model: train.ada_target > 0),
 )
+REMEDY = "try " + ", ".join(name for name, _ in REMEDIES) + ", or a lower lr_d"
+
+
+def remedy(train, model) -> str:
+    """What to try, leaving out what this run (TrainConfig, ModelConfig) already does."""
+    left = [name for name, in_use in REMEDIES if not in_use(train, model)]
+    return "try " + ", ".join([*left, "a lower lr_d"]) if left else "try a lower lr_d"
 
 
 def diversity(images: torch.Tensor) -> float:
@@ -33,20 +43,22 @@ def diversity(images: torch.Tensor) -> float:
     return images.float().std(dim=0).mean().item()
 
 
-def health_warnings(metrics: dict[str, float], loss: GanLoss, step: int) -> list[str]:
+def health_warnings(
+    metrics: dict[str, float], loss: GanLoss, step: int, advice: str = REMEDY
+) -> list[str]:
     """The warnings one log interval's metrics, at generator step `step`, call for
-    (empty when healthy)."""
+    (empty when healthy), each ending in `advice` (`remedy` of the run's configs)."""
     warnings = []
     won = metrics["real_pos"] > REAL_POS_WON and metrics["logit_gap"] > loss.saturated_gap
     if won and loss.saturated_gap > 0:  # a WGAN critic's values have no such scale
         warnings.append(
             f"D is overpowering G (real logits > 0: {metrics['real_pos']:.0%}, logit gap "
-            f"{metrics['logit_gap']:.1f}): G gets little gradient; {REMEDY}"
+            f"{metrics['logit_gap']:.1f}): G gets little gradient; {advice}"
         )
     spread = metrics["diversity"] / max(metrics["real_diversity"], 1e-8)
     if step >= COLLAPSE_AFTER and spread < COLLAPSE_SHARE:
         warnings.append(
             f"samples collapsed (diversity {metrics['diversity']:.3f} vs real "
-            f"{metrics['real_diversity']:.3f}); {REMEDY}"
+            f"{metrics['real_diversity']:.3f}); {advice}"
         )
     return warnings

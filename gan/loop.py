@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from gan.checkpoint import save_checkpoint
 from gan.distributed import all_mean
-from gan.health import health_warnings
+from gan.health import health_warnings, remedy
 from gan.trainer import METRICS, Trainer
 from shards.atomic import remove_torn_writes, write_text
 from shards.options import option
@@ -194,7 +194,8 @@ def _stats_step(line: str) -> float:
 
 
 def _log_metrics(run_dir: Path, trainer: Trainer, metrics: dict, callbacks) -> None:
-    metrics["health"] = health_warnings(metrics, trainer.loss, trainer.step)
+    advice = remedy(trainer.config, trainer.model_config)
+    metrics["health"] = health_warnings(metrics, trainer.loss, trainer.step, advice)
     for warning in metrics["health"]:
         kind = warning.split(" (")[0]
         if kind not in trainer.health:  # once per kind in the log; every line in stats

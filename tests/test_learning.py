@@ -16,7 +16,7 @@ from gan.accelerators import resolve_accelerator
 from gan.augment import AdaptiveStrength, diff_augment, parse_policy
 from gan.checkpoint import load_checkpoint
 from gan.ema import EMA
-from gan.health import diversity, health_warnings
+from gan.health import diversity, health_warnings, remedy
 from gan.loop import LoopConfig
 from gan.losses import BceLoss, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
@@ -280,6 +280,12 @@ def test_health_names_a_beaten_g_and_collapse_and_says_what_to_try():
     (warning,) = health_warnings(grey, BceLoss(), step=500)
     assert warning.startswith("samples collapsed") and "diffaugment" in warning
     assert health_warnings(grey, BceLoss(), step=40) == []  # every G starts near-uniform
+
+
+def test_health_advice_leaves_out_what_the_run_already_does():
+    smooth_upsample = remedy(TrainConfig(label_smoothing=0.1), ModelConfig(generator="upsample"))
+    assert "label_smoothing" not in smooth_upsample and "generator upsample" not in smooth_upsample
+    assert "diffaugment" in smooth_upsample and smooth_upsample.endswith("a lower lr_d")
 
 
 def test_diversity_is_zero_for_identical_samples_and_grows_with_spread():
