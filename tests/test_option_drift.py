@@ -25,23 +25,10 @@ from shards.options import flat
 from tasks.jobs import TrainJob
 from tasks.track import tracking_uri
 from tasks.train import train_model
-from tests.tiny import tiny_job
+from tests.tiny import TINY_RUN, tiny_job
 
 TINY_SOURCE = {"synthetic_images": 120, "synthetic_cities": 3}
-TINY_RUN = {
-    **TINY_SOURCE,
-    "device": "cpu",
-    "steps": 4,
-    "ngf": 8,
-    "ndf": 8,
-    "nz": 16,
-    "batch_size": 8,
-    "sample_every": 2,
-    "log_every": 2,
-    "eval_samples": 32,
-    "cache": "host",
-    "workers": 1,
-}
+TINY_FLOW = {**TINY_SOURCE, **TINY_RUN}
 
 
 @pytest.fixture
@@ -63,8 +50,8 @@ def asked_devices(monkeypatch) -> list[tuple[str, str]]:
 def test_seed_sweep_device_and_recorded_options(prefect_api, tmp_path, monkeypatch, asked_devices):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = tmp_path / "data"
-    first = train(data_root=str(root), preset="cpu", source="synthetic", **TINY_RUN)
-    second = train(data_root=str(root), preset="cpu", source="synthetic", seed=1, **TINY_RUN)
+    first = train(data_root=str(root), preset="cpu", source="synthetic", **TINY_FLOW)
+    second = train(data_root=str(root), preset="cpu", source="synthetic", seed=1, **TINY_FLOW)
 
     # A training-seed sweep trains on the same dataset version, judged on the same val split.
     assert second["dataset"] == first["dataset"]

@@ -16,22 +16,9 @@ from flows.services import REPO
 from flows.slots import ensure_limit, limit_name
 from gan.accelerators import resolve_accelerator
 from tasks.track import tracking_uri
-from tests.tiny import build_dataset
+from tests.tiny import TINY_RUN, build_dataset
 
-TINY = {
-    "device": "cpu",
-    "steps": 4,
-    "minutes": 0.0,
-    "nz": 16,
-    "ngf": 8,
-    "ndf": 8,
-    "batch_size": 8,
-    "log_every": 2,
-    "sample_every": 2,
-    "cache": "host",
-    "workers": 1,
-    "eval_samples": 32,
-}
+TINY = TINY_RUN
 
 
 def test_a_limit_per_machine_and_device_kind():

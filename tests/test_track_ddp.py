@@ -13,22 +13,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from tasks.progress import TRAIN_KEY
 from tasks.registry import MODEL_NAME
 from tasks.track import tracking_uri
-from tests.tiny import build_dataset
+from tests.tiny import TINY_RUN, build_dataset
 
-TINY = {
-    "device": "cpu",
-    "steps": 4,
-    "minutes": 0.0,
-    "nz": 16,
-    "ngf": 8,
-    "ndf": 8,
-    "batch_size": 8,
-    "log_every": 2,
-    "sample_every": 2,
-    "cache": "host",
-    "workers": 0,
-    "eval_samples": 32,
-}
+TINY = {**TINY_RUN, "workers": 0}
 
 
 @pytest.mark.slow

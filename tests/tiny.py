@@ -18,6 +18,21 @@ from tasks.train import TrainJob
 from tests.msls_builder import MslsBuilder
 
 TINY_MODEL = ModelConfig(nz=16, ngf=8, ndf=8)
+# The same tiny run as options (names as in `msls train --help`): for flows and the CLI.
+TINY_RUN = {
+    "device": "cpu",
+    "steps": 4,
+    "minutes": 0.0,
+    "nz": 16,
+    "ngf": 8,
+    "ndf": 8,
+    "batch_size": 8,
+    "log_every": 2,
+    "sample_every": 2,
+    "cache": "host",
+    "workers": 1,
+    "eval_samples": 32,
+}
 
 
 def build_dataset(root: Path) -> Path:
