@@ -22,6 +22,7 @@ from flows.prepare import prepare
 from flows.slots import accelerator_slot
 from shards.layout import DataLayout
 from shards.options import flat
+from shards.rundir import RunDir
 from tasks.evaluate import evaluate_task
 from tasks.jobs import PipelineJob
 from tasks.presets import PRESET_NAMES
@@ -47,16 +48,16 @@ def train(preset: str = "auto", data_root: str | None = None, **options) -> dict
         job = replace(job, dataset=prepared["version"])
     with accelerator_slot(job.device):  # one training run per accelerator (flows/slots.py)
         trained = train_task(job)
-    checkpoint, run_dir = Path(trained["checkpoint"]), Path(trained["run_dir"])
+    checkpoint, run_dir = Path(trained["checkpoint"]), RunDir(Path(trained["run_dir"]))
     renders = render_task(checkpoint, root, device=job.device)
     evaluation = evaluate_task(checkpoint, Path(root), None, pipeline.evaluation, device=job.device)
-    outputs = [*renders, run_dir / "evaluation.json", run_dir / "report.html"]
+    outputs = [*renders, run_dir.evaluation, run_dir.report]
     track_task(trained["mlflow_run_id"], outputs, None, root)
     evaluation_task(trained["mlflow_run_id"], evaluation, root)
     create_markdown_artifact(
         key="msls-train-summary",
         markdown=summary_markdown(evaluation)
-        + f"\n\nMLflow run `{trained['mlflow_run_id']}`; report: `{run_dir / 'report.html'}`",
+        + f"\n\nMLflow run `{trained['mlflow_run_id']}`; report: `{run_dir.report}`",
         description="msls-train evaluation",
     )
     return {
@@ -64,7 +65,7 @@ def train(preset: str = "auto", data_root: str | None = None, **options) -> dict
         "mlflow_run_id": trained["mlflow_run_id"],
         "run": trained["run"],
         "checkpoint": str(checkpoint),
-        "report": str(run_dir / "report.html"),
+        "report": str(run_dir.report),
     }
 
 
