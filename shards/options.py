@@ -49,7 +49,8 @@ class Option:
 
     def describe(self) -> str:
         """Help text with the allowed values and the default, for the CLI and the flow UI."""
-        allowed = f" One of: {', '.join(self.choices)}." if self.choices else ""
+        named = (choice or "'' (off)" for choice in self.choices)  # "" is a real value
+        allowed = f" One of: {', '.join(named)}." if self.choices else ""
         return f"{self.help}{allowed} Default: {_show(self.default)}."
 
 
