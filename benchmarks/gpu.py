@@ -25,16 +25,13 @@ import copy
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.train import (
-    forever,
-    imagefolder_loader,
-    reference_step,
+    recipe_for,
     run_ours,
     run_reference,
     setup,
@@ -42,7 +39,6 @@ from benchmarks.train import (
 from gan.accelerators import resolve_accelerator
 from gan.loop import Budget, LoopConfig, fit
 from gan.metrics.sliced_wasserstein import swd_against_real
-from gan.models import ModelConfig, build_models
 from gan.render import image_grid, save_image
 from gan.sampling import generate
 from gan.trainer import Trainer
@@ -148,17 +144,8 @@ def train_recipe(
     bench: Bench, folder: Path, seconds: float, seed: int
 ) -> tuple[torch.nn.Module, int]:
     """pytorch/examples' G after `seconds` of its loop (loader start-up included)."""
-    device = torch.device(bench.device)
-    torch.manual_seed(seed)
-    netG, netD = (m.to(device) for m in build_models(ModelConfig()))
-    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    start, steps = time.perf_counter(), 0
-    batches = forever(imagefolder_loader(folder, 128, min(16, os.cpu_count() or 1)))
-    while time.perf_counter() - start < seconds:
-        reference_step(netG, netD, optG, optD, next(batches)[0].to(device), 100)
-        steps += 1
-    return netG, steps
+    workers = min(16, os.cpu_count() or 1)
+    return recipe_for(folder, seconds, seed, torch.device(bench.device), workers)
 
 
 def score(bench: Bench, G: torch.nn.Module, strips: dict[str, torch.Tensor], seed: int) -> dict:

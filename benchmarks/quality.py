@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.train import forever, imagefolder_loader, reference_step
+from benchmarks.train import recipe_for
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.metrics.sliced_wasserstein import FLOOR_DRAWS, swd_against_real
-from gan.models import Generator, ModelConfig, build_models
+from gan.models import Generator, ModelConfig
 from gan.render import image_grid, save_image
 from gan.sampling import generate, generator_from_state
 from shards.atomic import write_text
@@ -128,15 +128,7 @@ def train_recipe(folder: Path, seconds: float, seed: int, out: Path) -> dict:
     """The record of `seconds` of the pytorch/examples recipe, loader start included;
     its G is saved to `out`/generator.pt."""
     load, start = os.getloadavg()[0], time.perf_counter()
-    torch.manual_seed(seed)
-    netG, netD = build_models(ModelConfig())
-    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    batches = forever(imagefolder_loader(folder, 128, cpu_count()))
-    steps = 0
-    while time.perf_counter() - start < seconds:
-        reference_step(netG, netD, optG, optD, next(batches)[0], netG.nz)
-        steps += 1
+    netG, steps = recipe_for(folder, seconds, seed, torch.device("cpu"), cpu_count())
     wall = time.perf_counter() - start
     save_checkpoint(out / "generator.pt", {"G": netG.state_dict()})
     record = {"arm": RECIPE, "seed": seed, "seconds": round(wall, 1), "steps": steps}

@@ -88,6 +88,23 @@ def reference_step(netG, netD, optG, optD, real: torch.Tensor, nz: int) -> None:
     optG.step()
 
 
+def recipe_for(
+    folder: Path, seconds: float, seed: int, device: torch.device, workers: int
+) -> tuple[torch.nn.Module, int]:
+    """(G, steps) after `seconds` of pytorch/examples' loop, its loader's start included:
+    the recipe arm of the equal-wall-clock comparisons (benchmarks.quality, .gpu)."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    netG, netD = (m.to(device) for m in build_models(ModelConfig()))
+    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batches, steps = forever(imagefolder_loader(folder, 128, workers)), 0
+    while time.perf_counter() - start < seconds:
+        reference_step(netG, netD, optG, optD, next(batches)[0].to(device), netG.nz)
+        steps += 1
+    return netG, steps
+
+
 def imagefolder_loader(folder: Path, batch: int, workers: int) -> DataLoader:
     recipe = transforms.Compose(
         [
