@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -32,23 +33,29 @@ import torch
 from PIL import Image
 
 from gan.accelerators import resolve_accelerator
+from gan.images import image_grid
 from gan.loop import Budget, LoopConfig, fit
 from gan.metrics import EvalInputs
 from gan.metrics.by_city import city_swd_valwin, predict_cities, train_city_classifier
-from gan.render import real_vs_fake_by_city
-from gan.sampling import city_labels, generate, load_generator
+from gan.render import real_vs_fake_by_city, save_image
+from gan.sampling import city_index, evaluation_labels, generate, load_generator
 from gan.trainer import Trainer
 from shards.cache import CachedBatches, load_split
+from shards.conditions import class_cities, label_city
 from shards.geometry import centre_window
 from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
-from tasks.evaluate import load_strips
+from tasks.evaluate import load_strips, night_share
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 from tasks.train import train_model
 
-ARMS = {"unconditional": {}, "conditional": {"conditional": "city"}}
+ARMS = {
+    "unconditional": {},
+    "conditional": {"conditional": "city"},
+    "conditional-night": {"conditional": "city,night"},
+}
 FEW_TEMPERATURE = 0.5
 
 
@@ -65,13 +72,16 @@ class Judge:
         self.classifier_seconds = round(time.perf_counter() - started, 1)
         real = predict_cities(self.classifier, centre_window(self.val))
         self.val_accuracy = float((real == self.val_labels).float().mean())
+        _, classes, _ = load_strips(version, "val", 10**6, 0, "city,night")
+        self.night_share = night_share(classes, len(self.cities))
 
     def score(self, checkpoint: Path, train_labels: torch.Tensor | None = None) -> dict:
         """Per-city SWD (and floors) and, for a conditional G, recognition per city."""
         G, config, _ = load_generator(checkpoint)
         n = len(self.val) // len(self.cities) * len(self.cities)
-        labels = city_labels(config, n)
-        generated = generate(G, n, 0, labels=labels)
+        classes = evaluation_labels(config, n, self.night_share)
+        generated = generate(G, n, 0, labels=classes)
+        labels = None if classes is None else label_city(classes, config.conditional)
         train, train_cls = self.train, self.train_labels
         if train_labels is not None:  # the few-images run: its floor uses what it saw
             train, train_cls = train_labels
@@ -95,6 +105,19 @@ class Judge:
                 for i, c in enumerate(self.cities)
             }
         return record
+
+
+def day_and_night_grid(checkpoint: Path, path: Path, per_city: int = 4) -> None:
+    """One row per city of a city,night checkpoint: `per_city` samples by day, then the
+    same latents by night (the README's figure)."""
+    G, config, _ = load_generator(checkpoint)
+    cities = class_cities(config.classes)
+    days = [city_index(config, c) for c in cities]
+    labels = torch.tensor([[d] * per_city + [d + 1] * per_city for d in days]).flatten()
+    seeds = torch.arange(len(labels)) % per_city  # day and night share latents
+    images = torch.cat([generate(G, 1, int(s), labels=y[None]) for s, y in zip(seeds, labels)])
+    save_image(image_grid(images, 2 * per_city), path)
+    Image.open(path).quantize(128).save(path, optimize=True)
 
 
 SECONDS = preset_values("cpu")["minutes"] * 60  # the CPU preset's budget
@@ -192,10 +215,14 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated ARMS names")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="training time per run")
     parser.add_argument("--few", default="", help="train images of the cut city, e.g. 8,32,96")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (benchmarks/quality.py THREADS_NOTE)"
+    )
+    parser.add_argument("--night-grid", type=Path, default=Path("docs/conditional-day-night.png"))
     parser.add_argument("--grid", type=Path, default=Path("docs/conditional-by-city.png"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conditional-cpu.json"))
     args = parser.parse_args()
-    torch.set_num_threads(1)  # benchmarks/quality.py's THREADS_NOTE: 1 thread on a shared box
+    torch.set_num_threads(args.threads)  # quality.py's THREADS_NOTE: 1 on a shared box
     version = DatasetVersion(
         args.data / "data" / "datasets" / (args.data / "version").read_text().strip()
     )
@@ -209,12 +236,16 @@ def main() -> None:
     G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
     grid = real_vs_fake_by_city(G, version, args.grid, per_city=4)
     Image.open(grid).quantize(128).save(grid, optimize=True)  # small enough to commit
+    night = next((r["run"] for r in runs if r["arm"] == "conditional-night"), None)
+    if night:
+        day_and_night_grid(args.data / "data" / "runs" / night / "checkpoint.pt", args.night_grid)
     few = run_few(args.data, judge, [int(n) for n in args.few.split(",") if n], args.seconds)
     result = {
         "benchmark": "conditional",
         "machine": {"cores": cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": "cpu",
-                    "shared": "2 cores shared with other agents' work; arms interleaved"},
+                    "threads": args.threads,
+                    "load_average_at_end": round(os.getloadavg()[0], 2)},
         "preset": preset_values("cpu"),
         "seconds_per_run": args.seconds,
         "cities": list(judge.cities),

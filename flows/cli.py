@@ -143,6 +143,7 @@ def train(
 
 
 CITY_HELP = "A city of a conditional checkpoint (as in its dataset); empty: every city."
+NIGHT_HELP = "Night frames (a checkpoint trained with --conditional city,night)."
 
 
 @app.command()
@@ -155,6 +156,7 @@ def sample(
     ] = None,
     seed: Annotated[int, typer.Option(help="Latent seed: the same seed, the same images.")] = 0,
     city: Annotated[str, typer.Option(help=CITY_HELP)] = "",
+    night: Annotated[bool, typer.Option("--night", help=NIGHT_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
 ) -> None:
     """Draw a grid of samples from a checkpoint's EMA generator."""
@@ -170,7 +172,7 @@ def sample(
             raise ValueError(f"--n must be >= 1, got {n}")
         accelerator = resolve_accelerator(device)
         G, config, _ = load_generator(checkpoint, accelerator.device)
-        labels = city_labels(config, n, city)
+        labels = city_labels(config, n, city, night)
         images = generate(
             G, n, seed=seed, device=accelerator.device, truncation=truncation, labels=labels
         )
@@ -189,6 +191,7 @@ def interpolate(
     to_city: Annotated[
         str, typer.Option(help="Walk the same latents from --city to this city instead.")
     ] = "",
+    night: Annotated[bool, typer.Option("--night", help=NIGHT_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps or hpu.")] = "cpu",
 ) -> None:
     """A GIF of looping SLERP walks through latent space (or, with --to-city, between
@@ -199,11 +202,14 @@ def interpolate(
 
     with _errors():
         G, config, _ = load_generator(checkpoint, resolve_accelerator(device).device)
-        start = city_index(config, city) if city else None
+        if night and not city:
+            raise ValueError("--night needs --city: the city to walk through by night")
+        start = city_index(config, city, night) if city else None
         if to_city:
             if start is None:
                 raise ValueError("--to-city needs --city: the city to walk from")
-            walk = city_morph_frames(G, start, city_index(config, to_city), frames, seed)
+            end = city_index(config, to_city, night)
+            walk = city_morph_frames(G, start, end, frames, seed)
             save_gif(walk, out)
         else:
             interpolation_gif(G, out, n_points=points, frames=frames, seed=seed, city=start)

@@ -14,7 +14,8 @@ Where this differs from pytorch/examples, on purpose:
 - generator="upsample" swaps each stride-2 transposed conv for nearest x2 + 3x3 conv:
   fewer weights (G 2,371,136 at 64 px), no checkerboard artefacts.
 - conditional="city" makes both models class-conditional on the sample's city (labels
-  int64 [B], positions in `classes`, dataset.json's city list): each of G's BatchNorms
+  int64 [B], positions in `classes`, dataset.json's city list; "city,night" doubles the
+  classes into each city by day and by night, shards/conditions.py): each of G's BatchNorms
   takes its gain and bias from a per-class embedding (conditional BatchNorm, de Vries et
   al. 2017; Miyato & Koyama 2018), and D adds the projection <embed(y), sum-pooled last
   features> to its logit (projection discriminator, Miyato & Koyama 2018). With K classes
@@ -31,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from shards.conditions import CONDITIONS
 from shards.geometry import RESOLUTIONS
 from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
-CONDITIONS = ("", "city")
 FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 
@@ -60,13 +61,16 @@ class ModelConfig:
     )
     conditional: str = option(
         "",
-        "Condition on the city: a class-conditional G (conditional BatchNorm) and a "
-        "projection D (Miyato & Koyama 2018), sampled by city name; empty: unconditional.",
+        "Condition on the city (city,night: and on day or night): a class-conditional G "
+        "(conditional BatchNorm) and a projection D (Miyato & Koyama 2018), sampled by "
+        "city name; empty: unconditional.",
         choices=CONDITIONS,
     )
-    # The condition vocabulary: the dataset's city names in dataset.json order (a label
-    # is a position in it). Set from the data at train time, saved with the checkpoint.
+    # The condition vocabulary (shards/conditions.py): the dataset's city names in
+    # dataset.json order, with a night variant each under city,night (a label is a
+    # position in it). Set from the data at train time, saved with the checkpoint.
     classes: tuple[str, ...] = ()
+    untrained: tuple[str, ...] = ()  # classes without train images (sampling refuses them)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -80,8 +84,10 @@ class ModelConfig:
         if self.d_norm not in D_NORMS:
             raise ValueError(f"d_norm must be batch, layer or none, got {self.d_norm!r}")
         if self.conditional not in CONDITIONS:
-            raise ValueError(f"conditional must be '' or city, got {self.conditional!r}")
+            choices = ", ".join(repr(c) for c in CONDITIONS)
+            raise ValueError(f"conditional must be one of {choices}, got {self.conditional!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "untrained", tuple(self.untrained))
 
     @property
     def n_classes(self) -> int:
@@ -161,6 +167,7 @@ class Generator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.nz, self.classes = config.nz, config.n_classes
+        self.condition = config.conditional  # what a label means: shards/conditions.py
         widths = [config.ngf * 2**i for i in reversed(range(config.stages))]  # 512 .. 64
 
         def norm(channels: int) -> nn.Module:

@@ -30,6 +30,7 @@ from gan.images import (
 from gan.models import Generator
 from gan.sampling import classes_of, draw, generate, latents, slerp
 from shards.atomic import atomic_path
+from shards.conditions import class_label
 from shards.decode import decode_jpegs
 from shards.geometry import centre_window
 from shards.tar import read_shard
@@ -234,7 +235,8 @@ def real_vs_fake_by_city(
         mine = real[cls == city][:per_city]
         cells[city, : len(mine)] = mine
     if classes_of(G):
-        labels = torch.arange(n_cities).repeat_interleave(per_city)
+        by_day = class_label(torch.arange(n_cities), False, G.condition)  # day: most photos
+        labels = by_day.repeat_interleave(per_city)
         fakes = generate(G, len(labels), seed=seed, device=_device(G), labels=labels)
         cells[:, per_city:] = fakes.reshape(n_cities, per_city, 3, side, side)
     else:

@@ -16,6 +16,7 @@ import torch
 from gan.augment import to_uint8
 from gan.checkpoint import CheckpointError, load_checkpoint
 from gan.models import Discriminator, Generator, ModelConfig
+from shards.conditions import NIGHT, class_cities, class_index, with_night
 
 
 def model_config(state: dict[str, Any], path: Path | str = "checkpoint") -> ModelConfig:
@@ -83,28 +84,58 @@ def latents(n: int, nz: int, seed: int, truncation: float | None = None) -> torc
     return z
 
 
-def city_index(config: ModelConfig, city: str) -> int:
-    """The label of `city` in a conditional checkpoint's vocabulary (its dataset's cities).
+def city_index(config: ModelConfig, city: str, night: bool = False) -> int:
+    """The label of `city` (by night if `night`) in a conditional checkpoint's vocabulary.
 
-    ValueError, one line: for an unconditional model, or a name listing the known ones.
+    ValueError, one line: for an unconditional model, a name listing the known cities,
+    or a night asked of a model not conditioned on it.
     """
     if not config.n_classes:
         raise ValueError(
             f"this checkpoint's generator is unconditional, so it cannot draw {city!r}; "
-            "train with --conditional city to sample by city"
+            "train with --conditional city (or city,night) to sample by city"
         )
-    if city not in config.classes:
-        known = ", ".join(config.classes)
-        raise ValueError(f"unknown city {city!r}; this checkpoint knows: {known}")
-    return config.classes.index(city)
+    return class_index(config.classes, city, night, config.untrained)
 
 
-def city_labels(config: ModelConfig, n: int, city: str = "") -> torch.Tensor | None:
-    """G's labels for n samples: int64 [n] on the CPU, all `city` or, with no city, every
-    city in turn; None when G is unconditional and no city is asked for."""
+def city_labels(
+    config: ModelConfig, n: int, city: str = "", night: bool = False
+) -> torch.Tensor | None:
+    """G's labels for n samples: int64 [n] on the CPU, all `city` (by night if `night`)
+    or, with no city, every class in turn (every city at night, with `night`); None when
+    G is unconditional and neither is asked for."""
     if city:
-        return torch.full((n,), city_index(config, city), dtype=torch.int64)
+        return torch.full((n,), city_index(config, city, night), dtype=torch.int64)
+    if night:
+        if not config.n_classes:
+            raise ValueError(
+                "this checkpoint's generator is unconditional, so it cannot draw night "
+                "frames; train with --conditional city,night"
+            )
+        cities = class_cities(config.classes)
+        learned = [c for c in cities if c + NIGHT not in config.untrained] or cities[:1]
+        night_of = torch.tensor([city_index(config, c, True) for c in learned])
+        return night_of[torch.arange(n) % len(night_of)]
     return torch.arange(n) % config.n_classes if config.n_classes else None
+
+
+def evaluation_labels(
+    config: ModelConfig, n: int, night_share: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """G's labels for n evaluation samples: every city in turn; under "city,night", city
+    c's k-th sample is a night one for round(n_c * night_share[c]) of its n_c samples,
+    spread evenly (night_share float [cities]: the val split's), so its samples mix day
+    and night as c's real images do. None for an unconditional G."""
+    if not config.n_classes:
+        return None
+    cities = len(class_cities(config.classes))
+    city = torch.arange(n) % cities
+    if not with_night(config.conditional):
+        return city
+    share = night_share if night_share is not None else torch.zeros(cities)
+    k = (torch.arange(n) // cities).double()
+    night = torch.floor((k + 1) * share[city]) > torch.floor(k * share[city])
+    return 2 * city + night.long()
 
 
 @torch.no_grad()

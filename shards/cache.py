@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from shards.conditions import label_city
 from shards.decode import as_tensor, decode_batch, decode_jpegs
 from shards.loader import WORKER_START, LoaderConfig, resolved_workers
 from shards.processes import exit_with
@@ -37,9 +38,10 @@ class _ShardFiles(Dataset):
         picks: list[slice],
         size: tuple[int, int],
         decode: bool,
+        condition: str = "",
     ) -> None:
         self.urls, self.samples, self.picks = urls, samples, picks
-        self.size, self.decode = size, decode
+        self.size, self.decode, self.condition = size, decode, condition
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -47,7 +49,8 @@ class _ShardFiles(Dataset):
     def __getitem__(self, i: int):
         url = self.urls[i]
         try:
-            samples = [(*s, url) for s in read_shard(url, self.samples[i])][self.picks[i]]
+            read = read_shard(url, self.samples[i], self.condition)
+            samples = [(*s, url) for s in read][self.picks[i]]
             if self.decode:
                 return (*decode_batch(samples, self.size), None) if samples else (None, None, None)
             # one tensor per shard: thousands of small ones would each cost a shared-memory file
@@ -68,6 +71,7 @@ def load_split(
     workers: int = 0,
     device: str | torch.device = "cpu",
     skip_bad_shards: bool = False,
+    condition: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's samples of the split's shards (or of `shards`), decoded once.
 
@@ -76,7 +80,8 @@ def load_split(
     positions [r*q, (r+1)*q), q = samples // world_size, and reads only the shards that
     overlap them. Every rank gets q samples (fewer only where a bad shard was skipped).
 
-    Returns uint8 [N,3,H,W] and int64 [N] on `device` (one rank: in shard order). Shards
+    Returns uint8 [N,3,H,W] and int64 [N] labels on `device` (one rank: in shard order):
+    city indices, or the classes of `condition` (shards/conditions.py). Shards
     are read (and, unless the target is CUDA, decoded) by `workers` processes (0: cores,
     at most 8); on CUDA the JPEGs are decoded by nvjpeg straight into accelerator memory.
     """
@@ -91,7 +96,8 @@ def load_split(
     mine = sum(len(range(n)[p]) for n, (_, p) in zip(samples, picks))
     images = torch.empty((mine, 3, height, width), dtype=torch.uint8, device=target)
     cls = torch.empty(mine, dtype=torch.int64)
-    files = _ShardFiles(urls, samples, [p for _, p in picks], version.strip_size, not on_gpu)
+    picked = [p for _, p in picks]
+    files = _ShardFiles(urls, samples, picked, version.strip_size, not on_gpu, condition)
     n, skipped = 0, 0
     for part, labels, problem in _parts(files, workers, split):
         if problem is not None:
@@ -188,6 +194,7 @@ class CachedBatches:
         *,
         batch_size: int,
         generator_seed: int = 0,
+        condition: str = "",
     ) -> None:
         if len(images) != len(cls):
             raise ValueError(f"{len(images)} images but {len(cls)} labels")
@@ -202,7 +209,7 @@ class CachedBatches:
         self._weights = (
             None
             if config.city_temperature == 1
-            else city_weights(self.cls, cities, config.city_temperature)
+            else city_weights(label_city(self.cls, condition), cities, config.city_temperature)
         )
         self._generator = _generator(images.device, generator_seed)
         self.epoch, self.batch = 0, 0

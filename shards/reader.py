@@ -83,10 +83,12 @@ def make_batches(
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
+    condition: str = "",
 ) -> CachedBatches | StreamingBatches:
     """This rank's endless batches of `split`, cached or streamed as `config.cache` says.
 
     `batch_size` and `seed` are the run's (`TrainConfig`): the seed fixes the batch order.
+    `condition` is the model's (`ModelConfig.conditional`): what the labels are.
     """
     device = torch.device(device)
     version.batches_per_rank(split, batch_size, world_size)  # too small: one line, now
@@ -101,7 +103,7 @@ def make_batches(
     if cache == "none":
         return StreamingBatches(
             version, split, config, batch_size=batch_size, seed=seed,
-            rank=rank, world_size=world_size, device=device,
+            rank=rank, world_size=world_size, device=device, condition=condition,
         )  # fmt: skip
     images, cls = load_split(
         version,
@@ -111,8 +113,10 @@ def make_batches(
         workers=config.workers,
         device=device if cache == "device" else "cpu",
         skip_bad_shards=config.skip_bad_shards,
+        condition=condition,
     )
     rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     return CachedBatches(
-        images, cls, len(version.cities), config, batch_size=batch_size, generator_seed=rank_seed
-    )
+        images, cls, len(version.cities), config, batch_size=batch_size,
+        generator_seed=rank_seed, condition=condition,
+    )  # fmt: skip

@@ -53,6 +53,7 @@ class StreamPlan:
     balanced: bool  # city_temperature != 1: units drawn with replacement by weight
     skip_bad_shards: bool
     size: tuple[int, int]  # (width, height)
+    condition: str = ""  # what a label is (shards/conditions.py): "" and city: the city
 
     def shards(self, epoch: int) -> list[list[int]]:
         """Each stream's unit indices this epoch: one permutation cut by rank, then stream."""
@@ -129,7 +130,7 @@ class StreamPlan:
             i, part = self.units[unit]
             url = self.urls[i]
             try:
-                for j, sample in enumerate(read_shard(url, self.samples[i])):
+                for j, sample in enumerate(read_shard(url, self.samples[i], self.condition)):
                     failures[0] = 0
                     if j % self.parts == part:
                         yield (*sample, url)
@@ -240,6 +241,7 @@ class StreamingBatches:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         in_process: bool = False,
+        condition: str = "",
     ) -> None:
         shards = version.shards(split)
         if not config.skip_bad_shards:
@@ -272,6 +274,7 @@ class StreamingBatches:
             balanced=t != 1,
             skip_bad_shards=config.skip_bad_shards,
             size=version.strip_size,
+            condition=condition,
         )
         self.device = torch.device(device)
         self.in_process = in_process

@@ -8,15 +8,23 @@ else (pax headers, long GNU names) to `tarfile`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
 
+from shards.conditions import class_label, with_night
+
 BAD_SHARD_ADVICE = "run `msls verify` and re-run `msls prepare` to rebuild it"
 
 
-def read_shard(url: str, expected: int | None = None) -> Iterator[tuple[str, memoryview, int]]:
-    """(key, jpg bytes, city index) of each sample of one tar, in stored order.
+def read_shard(
+    url: str, expected: int | None = None, condition: str = ""
+) -> Iterator[tuple[str, memoryview, int]]:
+    """(key, jpg bytes, label) of each sample of one tar, in stored order.
+
+    The label is the city index, or under `condition` "city,night" the class
+    2 * city + night (shards/conditions.py: the night flag is read from `<key>.json`).
 
     Raises ValueError naming the shard when it is missing, truncated or malformed. A tar
     cut at a member boundary reads as a shorter valid tar, so the count is checked
@@ -33,15 +41,15 @@ def read_shard(url: str, expected: int | None = None) -> Iterator[tuple[str, mem
             if name != key:
                 if key is not None:
                     count += 1
-                    yield _sample(key, fields)
+                    yield _sample(key, fields, condition)
                 key, fields = name, {}
             fields[ext] = payload
         if key is not None:
             count += 1
-            yield _sample(key, fields)
+            yield _sample(key, fields, condition)
         if expected is not None and count != expected:
             raise tarfile.ReadError(f"{count} samples, dataset.json says {expected}")
-    except (OSError, tarfile.TarError, KeyError) as exc:
+    except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError) as exc:
         detail = f"sample {exc.args[0]} lacks a member" if isinstance(exc, KeyError) else exc
         raise ValueError(f"{url}: unreadable shard ({detail}); {BAD_SHARD_ADVICE}") from exc
 
@@ -81,7 +89,12 @@ def _tarfile_members(data: bytearray, offset: int) -> Iterator[tuple[str, memory
                 yield member.name, memoryview(bytearray(tar.extractfile(member).read()))
 
 
-def _sample(key: str, fields: dict[str, memoryview]) -> tuple[str, memoryview, int]:
-    if "jpg" not in fields or "cls" not in fields:
+def _sample(key: str, fields: dict[str, memoryview], condition: str) -> tuple[str, memoryview, int]:
+    needed = ("jpg", "cls", "json") if with_night(condition) else ("jpg", "cls")
+    if any(ext not in fields for ext in needed):
         raise KeyError(key)
-    return key, fields["jpg"], int(bytes(fields["cls"]))
+    city = int(bytes(fields["cls"]))
+    if not with_night(condition):
+        return key, fields["jpg"], city
+    night = bool(json.loads(bytes(fields["json"])).get("night", False))
+    return key, fields["jpg"], class_label(city, night, condition)

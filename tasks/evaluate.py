@@ -25,9 +25,15 @@ from gan.checkpoint import load_checkpoint
 from gan.metrics import EvalConfig, EvalInputs, append_result, compute_metric, metric_names
 from gan.metrics.inception import check_inception_weights
 from gan.models import Discriminator, weights_init
-from gan.sampling import city_labels, discriminator_from_state, generate, generator_from_state
+from gan.sampling import (
+    discriminator_from_state,
+    evaluation_labels,
+    generate,
+    generator_from_state,
+)
 from shards.atomic import write_text
 from shards.cache import load_split
+from shards.conditions import label_city, with_night
 from shards.dataset import resolve_version
 from shards.errors import DatasetError
 from shards.layout import DataLayout
@@ -83,16 +89,24 @@ def evaluate_checkpoint(
     if version.samples("val") == 0:  # a train-only version (--val-fraction 0): say so, succeed
         return _skipped(checkpoint, state, version, out_dir)
     discriminator, _ = discriminator_from_state(state, accelerator.device)
-    val, val_labels, val_groups = load_strips(version, "val", VAL_MIN_IMAGES, workers)
+    condition = model.conditional
+    val, val_classes, val_groups = load_strips(version, "val", VAL_MIN_IMAGES, workers, condition)
+    val_labels = label_city(val_classes, condition)
+    shares = night_share(val_classes, len(version.cities)) if with_night(condition) else None
+    generated_classes = evaluation_labels(model, config.samples, shares)
     train, train_labels, _ = load_strips(version, "train", TRAIN_REFERENCE_IMAGES, workers)
     log.info("evaluating on %d val and %d train strips", len(val), len(train))
     inputs = EvalInputs(  # a conditional G draws every city in turn
-        generated=generate(generator, config.samples, SEED, accelerator.device),
+        generated=generate(
+            generator, config.samples, SEED, accelerator.device, labels=generated_classes
+        ),
         val=val,
         train=train,
         val_labels=val_labels,
         train_labels=train_labels,
-        generated_labels=city_labels(model, config.samples),
+        generated_labels=(
+            None if generated_classes is None else label_city(generated_classes, condition)
+        ),
         city_names=tuple(version.cities),
         val_groups=val_groups,
         discriminator=discriminator,
@@ -153,17 +167,26 @@ evaluate_task = task(name="evaluate")(evaluate_checkpoint)
 
 
 def load_strips(
-    version: DatasetVersion, split: str, wanted: int, workers: int
+    version: DatasetVersion, split: str, wanted: int, workers: int, condition: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Strips uint8 [N,3,R,W], city int64 [N] and sequence ids int64 [N] (or None) of
-    every k-th shard of `split`, k chosen so that at least about `wanted` come back."""
+    """Strips uint8 [N,3,R,W], labels int64 [N] (city indices, or the classes of
+    `condition`: shards/conditions.py) and sequence ids int64 [N] (or None) of every k-th
+    shard of `split`, k chosen so that at least about `wanted` come back."""
     shards = version.shards(split)
     total = version.samples(split)
     if not shards or total == 0:
         raise DatasetError(f"{version.path}: the {split} split is empty; nothing to evaluate on")
     stride = max(1, min(len(shards), total // max(wanted, 1)))
-    strips, labels = load_split(version, split, shards=shards[::stride], workers=workers)
-    return strips, labels, _sequence_ids(version, shards[::stride], len(strips))
+    picked = shards[::stride]
+    strips, labels = load_split(version, split, shards=picked, workers=workers, condition=condition)
+    return strips, labels, _sequence_ids(version, picked, len(strips))
+
+
+def night_share(classes: torch.Tensor, cities: int) -> torch.Tensor:
+    """float [cities]: the share of night images per city among "city,night" `classes`
+    (int64 [N], 2 * city + night); zero for a city without images."""
+    counts = torch.bincount(classes, minlength=2 * cities).reshape(cities, 2).double()
+    return (counts[:, 1] / counts.sum(1).clamp_min(1)).float()
 
 
 def _sequence_ids(version: DatasetVersion, shards: list[str], n: int) -> torch.Tensor | None:

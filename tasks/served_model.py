@@ -15,6 +15,8 @@ Request: a table, one row per request (pandas DataFrame, or over HTTP
     city        string, optional a city of a conditional model's dataset (`msls sample
                                  --city`); left out: every city in turn. An unconditional
                                  model refuses it; an unknown name lists the known ones.
+    night       boolean, optional night frames (`msls sample --night`; default false): a
+                                 model trained with `--conditional city,night` only.
 
 Response: a table, one row per image, in request order:
 
@@ -54,6 +56,7 @@ SIGNATURE = ModelSignature(
             ColSpec("long", "seed", required=False),
             ColSpec("double", "truncation", required=False),
             ColSpec("string", "city", required=False),
+            ColSpec("boolean", "night", required=False),
         ]
     ),
     outputs=Schema(
@@ -76,9 +79,9 @@ class GeneratorModel(PythonModel):
 
         requests = parse_requests(model_input)
         rows = []
-        for number, (n, seed, truncation, city) in enumerate(requests):
+        for number, (n, seed, truncation, city, night) in enumerate(requests):
             try:
-                labels = city_labels(self.config, n, city)
+                labels = city_labels(self.config, n, city, night)
             except ValueError as exc:
                 _refuse(str(exc))
             images = generate(self.generator, n, seed=seed, truncation=truncation, labels=labels)
@@ -86,18 +89,18 @@ class GeneratorModel(PythonModel):
         return pd.DataFrame(rows, columns=["request", "index", "png"])
 
 
-def parse_requests(frame: pd.DataFrame) -> list[tuple[int, int, float | None, str]]:
-    """[(n, seed, truncation or None, city or ""), ...] from the request table; one clear
-    error if bad."""
+def parse_requests(frame: pd.DataFrame) -> list[tuple[int, int, float | None, str, bool]]:
+    """[(n, seed, truncation or None, city or "", night), ...] from the request table; one
+    clear error if bad."""
     requests = []
     for row in frame.to_dict("records"):
         n, seed, truncation = row["n"], _given(row.get("seed")), _given(row.get("truncation"))
-        city = _given(row.get("city")) or ""
+        city, night = _given(row.get("city")) or "", bool(_given(row.get("night")) or False)
         if not 1 <= n <= MAX_IMAGES:
             _refuse(f"n must be 1..{MAX_IMAGES} per request row, got {n}")
         if truncation is not None and truncation <= 0:
             _refuse(f"truncation must be > 0 (or left out), got {truncation}")
-        requests.append((int(n), int(seed or 0), truncation, str(city)))
+        requests.append((int(n), int(seed or 0), truncation, str(city), night))
     total = sum(request[0] for request in requests)
     if total > MAX_TOTAL:
         _refuse(f"at most {MAX_TOTAL} images per call, asked for {total}; split the request")

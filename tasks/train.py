@@ -23,6 +23,7 @@ from gan.distributed import init_process_group, shutdown, world_from_env
 from gan.loop import Callback, ProgressCallback, fit, options_json, restore
 from gan.trainer import Trainer
 from shards.atomic import write_text
+from shards.conditions import condition_classes, untrained_classes
 from shards.dataset import resolve_version, resume_version
 from shards.layout import DataLayout
 from shards.options import from_dict
@@ -101,8 +102,13 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
             job = _with_saved_configs(job, state["job"])
         version = DatasetVersion(DataLayout.at(job.data_root).dataset(job.dataset))
         if state is None:  # the model is built for the dataset's resolution (and cities)
-            classes = tuple(version.cities) if job.model.conditional else ()
-            model = replace(job.model, resolution=version.resolution, classes=classes)
+            condition = job.model.conditional
+            classes = condition_classes(version.cities, condition)
+            manifest = version.path / "manifest.parquet"
+            untrained = untrained_classes(classes, manifest, condition)
+            model = replace(
+                job.model, resolution=version.resolution, classes=classes, untrained=untrained
+            )
             job = replace(job, model=model)
         held = (
             lease(DataLayout.at(job.data_root), job.dataset, f"train-{run_dir.name}-{world.rank}")
@@ -119,6 +125,7 @@ def _train(job: TrainJob, run_dir: Path, callbacks: list[Callback]) -> dict:
                 rank=world.rank,
                 world_size=world.size,
                 device=accelerator.device,
+                condition=job.model.conditional,
             )
             trainer = Trainer(job.train, job.model, accelerator, world)
             if state is not None:

@@ -65,13 +65,21 @@ class MslsBuilder:
             self.members.setdefault(volume, {})[name] = data
 
     def sequence(
-        self, city: str, sequence_key: str, n: int, *, seed: int = 0, size=(64, 48)
+        self,
+        city: str,
+        sequence_key: str,
+        n: int,
+        *,
+        seed: int = 0,
+        size=(64, 48),
+        night: bool = False,
     ) -> list[str]:
-        """Add n good frames of one sequence; returns their keys."""
+        """Add n good frames of one sequence (taken at night if `night`); returns their keys."""
         keys = []
         for frame in range(n):
             key = f"{city[:3]}{sequence_key}f{frame}"
-            self.image(city, Row(key, sequence_key, frame), jpeg(*size, seed=seed + frame))
+            row = Row(key, sequence_key, frame, night=night)
+            self.image(city, row, jpeg(*size, seed=seed + frame))
             keys.append(key)
         return keys
 

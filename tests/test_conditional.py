@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -18,8 +20,13 @@ from gan.images import image_grid
 from gan.metrics import EvalConfig, EvalInputs
 from gan.metrics.by_city import city_swd_valwin, city_test
 from gan.render import LABEL_WIDTH, city_morph_frames, real_vs_fake_by_city
-from gan.sampling import city_labels, generate, load_generator
+from gan.sampling import city_labels, evaluation_labels, generate, load_generator
+from shards.cache import load_split
+from shards.conditions import condition_classes, untrained_classes
 from shards.layout import DataLayout
+from shards.loader import LoaderConfig
+from shards.streaming import StreamingBatches
+from shards.tar import read_shard
 from shards.version import DatasetVersion
 from tasks.city_report import city_numbers
 from tasks.evaluate import evaluate_checkpoint
@@ -203,3 +210,105 @@ def test_evaluation_reports_per_city_metrics(trained, tmp_path):
     numbers = city_numbers(metrics)  # what MLflow gets as eval.<name> run metrics
     assert {f"city_test30.{c}" for c in CITIES} <= set(numbers)
     assert {f"city_swd30_valwin.{c}" for c in by_city["cities"]} <= set(numbers)
+
+
+# ---------------------------------------------------------------- by day or night
+
+
+@pytest.fixture(scope="module")
+def by_night(tmp_path_factory):
+    """(data root, version, a city,night checkpoint): every 3rd sequence is a night one."""
+    root = build_dataset(tmp_path_factory.mktemp("night"), night_every=3)
+    model = replace(TINY_MODEL, conditional="city,night")
+    result = train_model(tiny_job(root, model=model, run="night"))
+    version = DatasetVersion(DataLayout.at(root).dataset(result["dataset"]))
+    return root, version, result["checkpoint"]
+
+
+def test_night_labels_come_from_each_samples_metadata(by_night):
+    _, version, _ = by_night
+    manifest = pq.read_table(version.path / "manifest.parquet").to_pylist()
+    night_of = {row["key"]: row["night"] for row in manifest}
+    for split in ("train", "val"):
+        _, cities = load_split(version, split, workers=1)
+        _, classes = load_split(version, split, workers=1, condition="city,night")
+        keys = [k for s in version.shards(split) for k, _, _ in read_shard(version.url(s))]
+        nights = torch.tensor([night_of[k] for k in keys])
+        assert torch.equal(classes, 2 * cities + nights)
+        assert nights.any() and not nights.all()  # both kinds, so the test can tell
+    streamed = StreamingBatches(version, "train", LoaderConfig(workers=1), batch_size=4,
+                                in_process=True, condition="city,night")  # fmt: skip
+    epoch = torch.cat([next(streamed)[1] for _ in range(streamed.batches_per_epoch)])
+    _, classes = load_split(version, "train", workers=1, condition="city,night")
+    counts = torch.bincount(classes, minlength=6)
+    assert (torch.bincount(epoch, minlength=6) <= counts).all()  # each sample once at most
+    assert (epoch % 2 == 1).any()  # night classes stream too
+
+
+def test_a_city_night_checkpoint_knows_each_city_by_day_and_night(by_night, tmp_path):
+    root, _, checkpoint = by_night
+    G, config, _ = load_generator(checkpoint)
+    assert config.classes == tuple(n for c in CITIES for n in (c, f"{c} night"))
+    assert G.classes == 6
+    day = city_labels(config, 3, "paris")
+    night = city_labels(config, 3, "paris", night=True)
+    assert day.tolist() == [2, 2, 2] and night.tolist() == [3, 3, 3]
+    assert city_labels(config, 4, night=True).tolist() == [1, 3, 5, 1]  # every city at night
+    out = tmp_path / "paris-night.png"
+    result = cli(root, "sample", checkpoint, "--city", "paris", "--night", "--n", "4", "--out", out)
+    assert result.exit_code == 0, result.output
+    expected = image_grid(generate(G, 4, labels=city_labels(config, 4, "paris", True)), 2)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert not torch.equal(
+        generate(G, 4, labels=day[:1].repeat(4)), generate(G, 4, labels=night[:1].repeat(4))
+    )
+
+
+def test_night_is_refused_in_one_line_where_the_model_lacks_it(by_night, trained, tmp_path):
+    root, _, checkpoint = by_night
+    result = cli(root, "sample", checkpoint, "--city", "oslo", "--out", tmp_path / "x.png")
+    assert result.exit_code == 1
+    assert "unknown city 'oslo'" in result.output and "austin, paris, tokyo" in result.output
+    _, city_only, plain = trained
+    for model, expected in ((city_only, "not conditioned on night"), (plain, "unconditional")):
+        result = cli(root, "sample", model, "--night", "--out", tmp_path / "y.png")
+        assert result.exit_code == 1 and expected in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluation_samples_mix_day_and_night_as_each_citys_val_images_do():
+    config = replace(TINY_MODEL, conditional="city,night", classes=("a", "a night", "b", "b night"))
+    labels = evaluation_labels(config, 40, torch.tensor([0.25, 0.0]))
+    a, b = labels[0::2], labels[1::2]  # every city in turn
+    assert set(a.tolist()) == {0, 1} and (a == 1).sum() == 5  # 20 of a's, a quarter at night
+    assert b.tolist() == [2] * 20
+    city_only = replace(TINY_MODEL, conditional="city", classes=("a", "b"))
+    assert evaluation_labels(city_only, 4).tolist() == [0, 1, 0, 1]
+
+
+def test_a_city_night_evaluation_reports_per_city_metrics(by_night, tmp_path):
+    root, _, checkpoint = by_night
+    evaluation = evaluate_checkpoint(
+        checkpoint, root, config=EvalConfig(samples=30), out_dir=tmp_path, device="cpu", workers=1
+    )
+    test = evaluation["metrics"]["city_test30"]
+    assert set(test["generated_by_city"]) == set(CITIES)  # cities, not their night classes
+    assert evaluation["metrics"]["city_swd30_valwin"]["conditional"]
+
+
+def test_classes_without_train_images_are_recorded_and_refused(tmp_path):
+    manifest = tmp_path / "manifest.parquet"
+    rows = {"city_index": [0, 0, 1, 2], "night": [False, True, False, False],
+            "split": ["train", "train", "train", "val"]}  # fmt: skip
+    pq.write_table(pa.table(rows), manifest)
+    classes = condition_classes(("a", "b", "c"), "city,night")
+    untrained = untrained_classes(classes, manifest, "city,night")
+    assert untrained == ("b night", "c", "c night")  # c is held out: val images only
+    config = replace(TINY_MODEL, conditional="city,night", classes=classes, untrained=untrained)
+    assert city_labels(config, 2, "b").tolist() == [2, 2]
+    for city, night in (("c", False), ("b", True)):
+        with pytest.raises(ValueError, match="had no train images") as error:
+            city_labels(config, 2, city, night)
+        assert "choose one of: a, b" in str(error.value)
+    assert city_labels(config, 3, night=True).tolist() == [1, 1, 1]  # the one night learned

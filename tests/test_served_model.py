@@ -89,7 +89,7 @@ def test_the_model_is_code_and_weights_with_a_signature_and_example_no_pickle(tr
     assert not [f for f in files if f.endswith((".pkl", ".pyc"))]
     info = mlflow.models.get_model_info(str(path))
     names = [c["name"] for c in info.signature.inputs.to_dict()]
-    assert names == ["n", "seed", "truncation", "city"]
+    assert names == ["n", "seed", "truncation", "city", "night"]
     assert json.loads((path / "input_example.json").read_text())["data"] == [[2, 0]]
     assert (path / "requirements.txt").read_text().split() == requirements()
 

@@ -35,12 +35,14 @@ TINY_RUN = {
 }
 
 
-def build_dataset(root: Path) -> Path:
-    """Three cities x six sequences x three frames, sharded; returns the data root."""
+def build_dataset(root: Path, night_every: int = 0) -> Path:
+    """Three cities x six sequences x three frames, sharded; returns the data root.
+    With `night_every` k, every k-th sequence of each city is taken at night."""
     b = MslsBuilder()
     for city in ("austin", "paris", "tokyo"):
         for s in range(6):
-            b.sequence(city, f"{city}{s}", 3, seed=s, size=(160, 120))
+            night = bool(night_every) and s % night_every == 0
+            b.sequence(city, f"{city}{s}", 3, seed=s, size=(160, 120), night=night)
     layout = DataLayout.at(root / "data")
     prepare_dataset(
         b.write(root / "src"),
