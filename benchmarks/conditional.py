@@ -108,11 +108,11 @@ class Judge:
 
 
 def day_and_night_grid(checkpoint: Path, path: Path, per_city: int = 4) -> None:
-    """One row per city of a city,night checkpoint: `per_city` samples by day, then the
-    same latents by night (the README's figure)."""
+    """One row per trained city of a city,night checkpoint: `per_city` samples by day,
+    then the same latents by night (the README's figure)."""
     G, config, _ = load_generator(checkpoint)
-    cities = class_cities(config.classes)
-    days = [city_index(config, c) for c in cities]
+    learned = [c for c in class_cities(config.classes) if c not in config.untrained]
+    days = [city_index(config, c) for c in learned]
     labels = torch.tensor([[d] * per_city + [d + 1] * per_city for d in days]).flatten()
     seeds = torch.arange(len(labels)) % per_city  # day and night share latents
     images = torch.cat([generate(G, 1, int(s), labels=y[None]) for s, y in zip(seeds, labels)])
@@ -232,10 +232,11 @@ def main() -> None:
         parser.error(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; known: {', '.join(ARMS)}")
     runs = run_arms(args.data, judge, arms, args.seeds, args.seconds)
     chance = 1 / len(judge.train_labels.unique())  # among the cities with train images
-    first = next(r["run"] for r in runs if r["arm"] == "conditional")
-    G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
-    grid = real_vs_fake_by_city(G, version, args.grid, per_city=4)
-    Image.open(grid).quantize(128).save(grid, optimize=True)  # small enough to commit
+    first = next((r["run"] for r in runs if r["arm"] != "unconditional"), None)
+    if first:
+        G, _, _ = load_generator(args.data / "data" / "runs" / first / "checkpoint.pt")
+        grid = real_vs_fake_by_city(G, version, args.grid, per_city=4)
+        Image.open(grid).quantize(128).save(grid, optimize=True)  # small enough to commit
     night = next((r["run"] for r in runs if r["arm"] == "conditional-night"), None)
     if night:
         day_and_night_grid(args.data / "data" / "runs" / night / "checkpoint.pt", args.night_grid)

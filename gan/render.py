@@ -216,7 +216,8 @@ def real_vs_fake_by_city(
 ) -> Path:
     """One row per city: `per_city` real val images, then `per_city` generated ones.
 
-    A conditional G draws each row's samples for that row's city. An unconditional G's
+    A conditional G draws each row's samples for that row's city (none for a city without
+    train images, whose class G never learned). An unconditional G's
     are chosen, not conditioned: from a pool of generated samples, each goes to the city
     of its nearest real val image (16 x 16 pixel features; the first
     `reference_per_city` val images of each city), and each row shows the samples
@@ -238,7 +239,9 @@ def real_vs_fake_by_city(
         by_day = class_label(torch.arange(n_cities), False, G.condition)  # day: most photos
         labels = by_day.repeat_interleave(per_city)
         fakes = generate(G, len(labels), seed=seed, device=_device(G), labels=labels)
-        cells[:, per_city:] = fakes.reshape(n_cities, per_city, 3, side, side)
+        counts = version.info.counts.get("train", {})
+        trained = torch.tensor([bool(counts.get(c)) for c in version.cities])
+        cells[trained, per_city:] = fakes.reshape(n_cities, per_city, 3, side, side)[trained]
     else:
         _fill_nearest(cells, G, real, cls, seed)
     grid = image_grid(cells.flatten(0, 1), 2 * per_city)

@@ -312,3 +312,19 @@ def test_classes_without_train_images_are_recorded_and_refused(tmp_path):
             city_labels(config, 2, city, night)
         assert "choose one of: a, b" in str(error.value)
     assert city_labels(config, 3, night=True).tolist() == [1, 1, 1]  # the one night learned
+
+
+def test_a_held_out_city_is_refused_and_left_blank_in_the_per_city_grid(tmp_path):
+    root = build_dataset(tmp_path, holdout=("tokyo",))
+    model = replace(TINY_MODEL, conditional="city")
+    checkpoint = train_model(tiny_job(root, model=model, run="held"))["checkpoint"]
+    G, config, state = load_generator(checkpoint)
+    assert config.classes == tuple(CITIES) and config.untrained == ("tokyo",)
+    result = cli(root, "sample", checkpoint, "--city", "tokyo", "--out", tmp_path / "t.png")
+    assert result.exit_code == 1 and "had no train images" in result.output
+    assert "choose one of: austin, paris" in result.output and not (tmp_path / "t.png").exists()
+    version = DatasetVersion(DataLayout.at(root).dataset(state["dataset"]))
+    cells = np.asarray(Image.open(real_vs_fake_by_city(G, version, tmp_path / "g.png", 2)))
+    side, tokyo = config.resolution, 2
+    row = cells[2 + tokyo * (side + 2) : 2 + tokyo * (side + 2) + side, LABEL_WIDTH:]
+    assert not row.any()  # no val images and no drawing from an untrained class

@@ -35,9 +35,10 @@ TINY_RUN = {
 }
 
 
-def build_dataset(root: Path, night_every: int = 0) -> Path:
+def build_dataset(root: Path, night_every: int = 0, holdout: tuple[str, ...] = ()) -> Path:
     """Three cities x six sequences x three frames, sharded; returns the data root.
-    With `night_every` k, every k-th sequence of each city is taken at night."""
+    With `night_every` k, every k-th sequence of each city is taken at night; `holdout`
+    cities are held out whole (their own split, no train images)."""
     b = MslsBuilder()
     for city in ("austin", "paris", "tokyo"):
         for s in range(6):
@@ -47,7 +48,7 @@ def build_dataset(root: Path, night_every: int = 0) -> Path:
     prepare_dataset(
         b.write(root / "src"),
         layout,
-        SplitConfig(val_fraction=0.2),
+        SplitConfig(val_fraction=0.2, holdout_cities=holdout),
         ShardConfig(shard_size=6),
         CatalogConfig(workers=1),
     )
