@@ -212,7 +212,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("build/conditional"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated ARMS names")
+    parser.add_argument(
+        "--arms",
+        default="unconditional,conditional",
+        help=f"comma-separated, of: {', '.join(ARMS)} (the goal's two by default)",
+    )
     parser.add_argument("--seconds", type=float, default=SECONDS, help="training time per run")
     parser.add_argument("--few", default="", help="train images of the cut city, e.g. 8,32,96")
     parser.add_argument(

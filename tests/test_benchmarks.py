@@ -85,11 +85,13 @@ def test_conditional_benchmark_scores_both_arms_and_a_small_city(tmp_path, monke
     data = tmp_path / "bench"
     run(train_bench, ["setup", "--images", "240", "--val-fraction", "0.2", "--out", str(data)],
         monkeypatch)  # fmt: skip
-    out, grid = tmp_path / "conditional.json", tmp_path / "grid.png"
+    out, grid, night = tmp_path / "conditional.json", tmp_path / "grid.png", tmp_path / "n.png"
     args = ["--data", str(data), "--seeds", "1", "--seconds", "3", "--few", "4"]
+    args += ["--arms", ",".join(conditional_bench.ARMS), "--night-grid", str(night)]
     run(conditional_bench, [*args, "--out", str(out), "--grid", str(grid)], monkeypatch)
     result = json.loads(out.read_text())
-    assert set(result["arms"]) == {"unconditional", "conditional"}
+    assert set(result["arms"]) == {"unconditional", "conditional", "conditional-night"}
+    assert night.stat().st_size > 0
     assert 0 <= result["arms"]["conditional"]["recognised_mean"] <= 1
     assert 0 < len(result["runs"][0]["swd_by_city"]) <= len(result["cities"])  # tiny val: some skip
     assert result["few"]["runs"][0]["train_images"] == 4 and grid.stat().st_size > 0
