@@ -103,6 +103,7 @@ def test_the_model_is_code_and_weights_with_a_signature_and_example_no_pickle(tr
         ({"n": [1], "truncation": [-1.0]}, "truncation must be > 0"),
         ({"seed": [1]}, "missing inputs \\['n'\\]"),
         ({"n": [1], "city": ["paris"]}, "unconditional, so it cannot draw 'paris'"),
+        ({"n": [1], "night": [True]}, "unconditional, so it cannot draw night"),
     ],
 )
 def test_a_bad_request_gets_one_clear_error(trained, frame, message):
@@ -225,3 +226,5 @@ def test_a_conditional_model_draws_the_requested_city(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.stack(got), want.permute(0, 2, 3, 1).numpy())
     with pytest.raises(MlflowException, match=r"unknown city 'helsinki'; .* austin, paris, tokyo"):
         served.predict(pd.DataFrame({"n": [1], "city": ["helsinki"]}))
+    with pytest.raises(MlflowException, match="not conditioned on night"):
+        served.predict(pd.DataFrame({"n": [1], "city": ["paris"], "night": [True]}))
