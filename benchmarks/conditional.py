@@ -112,11 +112,11 @@ def day_and_night_grid(checkpoint: Path, path: Path, per_city: int = 4) -> None:
     then the same latents by night (the README's figure)."""
     G, config, _ = load_generator(checkpoint)
     learned = [c for c in class_cities(config.classes) if c not in config.untrained]
-    days = [city_index(config, c) for c in learned]
-    labels = torch.tensor([[d] * per_city + [d + 1] * per_city for d in days]).flatten()
-    seeds = torch.arange(len(labels)) % per_city  # day and night share latents
-    images = torch.cat([generate(G, 1, int(s), labels=y[None]) for s, y in zip(seeds, labels)])
-    save_image(image_grid(images, 2 * per_city), path)
+    days = torch.tensor([city_index(config, c) for c in learned]).repeat_interleave(per_city)
+    by_day, by_night = (generate(G, len(days), 0, labels=days + night) for night in (0, 1))
+    shape = (len(learned), per_city, *by_day.shape[1:])
+    rows = torch.stack([by_day.reshape(shape), by_night.reshape(shape)], dim=1)  # same latents
+    save_image(image_grid(rows.flatten(0, 2), 2 * per_city), path)
     Image.open(path).quantize(128).save(path, optimize=True)
 
 

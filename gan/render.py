@@ -236,12 +236,12 @@ def real_vs_fake_by_city(
         mine = real[cls == city][:per_city]
         cells[city, : len(mine)] = mine
     if classes_of(G):
-        by_day = class_label(torch.arange(n_cities), False, G.condition)  # day: most photos
-        labels = by_day.repeat_interleave(per_city)
-        fakes = generate(G, len(labels), seed=seed, device=_device(G), labels=labels)
         counts = version.info.counts.get("train", {})
         trained = torch.tensor([bool(counts.get(c)) for c in version.cities])
-        cells[trained, per_city:] = fakes.reshape(n_cities, per_city, 3, side, side)[trained]
+        by_day = class_label(torch.arange(n_cities)[trained], False, G.condition)  # most photos
+        labels = by_day.repeat_interleave(per_city)
+        fakes = generate(G, len(labels), seed=seed, device=_device(G), labels=labels)
+        cells[trained, per_city:] = fakes.reshape(-1, per_city, 3, side, side)
     else:
         _fill_nearest(cells, G, real, cls, seed)
     grid = image_grid(cells.flatten(0, 1), 2 * per_city)

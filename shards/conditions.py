@@ -67,12 +67,6 @@ def class_cities(classes: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name.removesuffix(NIGHT) for name in classes))
 
 
-def city_of_class(classes: Sequence[str]) -> torch.Tensor:
-    """int64 [K]: the city position (in `class_cities(classes)`) of each class."""
-    cities = class_cities(classes)
-    return torch.tensor([cities.index(name.removesuffix(NIGHT)) for name in classes])
-
-
 def class_index(
     classes: Sequence[str], city: str, night: bool = False, untrained: Sequence[str] = ()
 ) -> int:
