@@ -111,15 +111,18 @@ class AdaptiveStrength:
     """ADA's augmentation probability p (Karras et al. 2020, "Training Generative
     Adversarial Networks with Limited Data"): the overfitting signal r_t = E[sign(D(real))]
     above `target` raises p, below lowers it, at a rate that moves p from 0 to 1 in
-    `kimg` thousand real images. `target` 0 keeps p at 1 (plain DiffAugment).
+    `kimg` thousand real images. `target` 0 keeps p at 1 (plain DiffAugment); with no
+    augmentation at all (`augmenting` False) p is 0, as the run's metrics report it.
 
     p stays a 0-d tensor on the device and is updated every step from that step's real
     logits (no host sync); it is part of the checkpoint, so a resume is exact.
     """
 
-    def __init__(self, target: float, kimg: float, device: torch.device) -> None:
+    def __init__(
+        self, target: float, kimg: float, device: torch.device, augmenting: bool = True
+    ) -> None:
         self.target, self.kimg = target, kimg
-        self.p = torch.tensor(0.0 if target else 1.0, device=device)
+        self.p = torch.tensor(1.0 if augmenting and not target else 0.0, device=device)
 
     def update(self, r_t: torch.Tensor, images: int) -> None:
         """r_t: 0-d tensor, the mean sign of D's logits on the `images` real images of this

@@ -145,7 +145,9 @@ class Trainer:
         self.ema = EMA(self.G, beta=config.ema_beta)
         self.ema_decay = torch.zeros((), device=accelerator.device)  # filled before each step
         self.policy = parse_policy(config.diffaugment)
-        self.ada = AdaptiveStrength(config.ada_target, config.ada_kimg, accelerator.device)
+        self.ada = AdaptiveStrength(
+            config.ada_target, config.ada_kimg, accelerator.device, augmenting=bool(self.policy)
+        )
         self.rng = torch.Generator(device=accelerator.device)
         self.rng.manual_seed(config.seed * 7919 + world.rank)  # distinct noise per rank
         self.graphed = GraphedStep(self._step, self._step_state, [self.rng]) if graph else None

@@ -157,6 +157,8 @@ def test_ada_p_rises_when_d_overfits_falls_when_not_and_stays_in_0_1():
     off = AdaptiveStrength(target=0.0, kimg=1.0, device=torch.device("cpu"))
     off.update(torch.tensor(1.0), images=100)
     assert off.p.item() == 1.0  # plain DiffAugment: always applied
+    none = AdaptiveStrength(target=0.0, kimg=1.0, device=torch.device("cpu"), augmenting=False)
+    assert none.p.item() == 0.0  # no augmentation: the metrics report p 0, not 1
 
 
 def test_ada_p_moves_in_training_and_is_in_the_metrics_and_checkpoint():
