@@ -6,10 +6,13 @@ import json
 import sys
 
 import pytest
+import torch
 
 from benchmarks import prepare as prepare_bench
 from benchmarks import quality as quality_bench
+from benchmarks import step as step_bench
 from benchmarks import train as train_bench
+from gan.models import NearestUpConv
 
 
 def run(module, argv: list[str], monkeypatch) -> None:
@@ -36,6 +39,18 @@ def test_train_benchmark_sets_up_and_runs_one_step(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["reference"]["images_per_s"] > 0 and result["ours"][0]["batch"] == 32
     assert result["loader_per_core"]["ratio"] > 0
+
+
+def test_step_benchmark_times_the_same_generator_both_ways(tmp_path, monkeypatch):
+    folded, materialised = (step_bench.trainer_for("cpu", m) for m in (False, True))
+    z = torch.randn(4, folded.model_config.nz)
+    torch.testing.assert_close(materialised.G(z), folded.G(z), rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, NearestUpConv) for m in materialised.G.modules())
+    out = tmp_path / "step.json"
+    run(step_bench, ["--rounds", "1", "--steps", "1", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert set(result["ms_per_step"]) == {"folded", "materialised"}
+    assert result["ratio_folded_to_materialised"] > 0
 
 
 @pytest.mark.slow

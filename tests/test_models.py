@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gan.ema import EMA
@@ -15,6 +16,7 @@ from gan.models import (
     Discriminator,
     Generator,
     ModelConfig,
+    NearestUpConv,
     build_models,
     weights_init,
 )
@@ -57,7 +59,36 @@ def test_upsample_generator_has_no_stride_2_transposed_conv():
     generator = Generator(ModelConfig(generator="upsample", **SMALL))
     transposed = [m for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [m.stride for m in transposed] == [(1, 1)]  # only the 1x1 -> 4x4 projection
-    assert sum(isinstance(m, nn.Upsample) for m in generator.modules()) == 4
+    assert sum(isinstance(m, NearestUpConv) for m in generator.modules()) == 4
+
+
+@pytest.mark.parametrize(("cin", "cout", "size"), [(16, 3, 32), (8, 5, 4), (4, 4, 1)])
+def test_nearest_up_conv_is_nearest_upsampling_then_a_3x3_conv(cin, cout, size):
+    """The sub-pixel form gives the composite's output and gradients, borders included."""
+    layer = NearestUpConv(cin, cout)
+    x = torch.randn(2, cin, size, size + 3, requires_grad=True)
+    plain = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), layer.weight, padding=1)
+    folded = layer(x)
+    assert folded.shape == (2, cout, 2 * size, 2 * size + 6)
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(plain)
+    expected = torch.autograd.grad(plain, (x, layer.weight), grad)
+    folded_grads = torch.autograd.grad(folded, (x, layer.weight), grad)
+    torch.testing.assert_close(folded_grads, expected, rtol=1e-3, atol=1e-3)  # sums of ~10^4 terms
+
+
+def test_generator_loads_checkpoints_that_held_upsample_stages_as_sequentials():
+    config = ModelConfig(generator="upsample", **SMALL)
+    generator = Generator(config)
+    legacy = dict(generator.state_dict())  # as saved when a stage was Sequential(Upsample, Conv2d)
+    for name, module in generator.named_modules():
+        if isinstance(module, NearestUpConv):
+            legacy[f"{name}.1.weight"] = legacy.pop(f"{name}.weight")
+    assert len(set(legacy) - set(generator.state_dict())) == 4  # the four upsample stages
+    restored = Generator(config)
+    restored.load_state_dict(legacy)
+    z = torch.randn(2, config.nz)
+    torch.testing.assert_close(restored.eval()(z), generator.eval()(z))
 
 
 def test_discriminator_has_no_norm_on_its_first_stage_and_none_in_layer_mode():

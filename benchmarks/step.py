@@ -1,0 +1,119 @@
+"""Benchmark: time of one training step of a preset, G's upsample stages computed two ways.
+
+"folded" is ours: each nearest x2 + 3x3 conv stage as the equivalent sub-pixel conv
+(gan.models.NearestUpConv). "materialised" is the same G with each stage swapped for
+nn.Sequential(nn.Upsample, nn.Conv2d) carrying the same weight: how the stages were
+computed before. Both train on the same random strips; they alternate in rounds
+(`--rounds` of `--steps` timed steps each, after a warm-up) so machine noise hits both,
+and the result is the ratio of median step times. No data loading is timed.
+
+    python -m benchmarks.step --preset cpu --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gan.accelerators import resolve_accelerator
+from gan.models import ModelConfig, NearestUpConv
+from gan.trainer import TrainConfig, Trainer
+from shards.options import build, options_of
+from tasks.presets import preset_values
+
+ARMS = ("folded", "materialised")
+
+
+def materialise_upsampling(generator: nn.Module) -> int:
+    """Swap each NearestUpConv of `generator` for Upsample + Conv2d with its weight, in place;
+    returns how many were swapped."""
+    swapped = 0
+    for name, module in list(generator.named_modules()):
+        if isinstance(module, NearestUpConv):
+            conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
+            conv.weight = module.weight
+            parent, _, child = name.rpartition(".")
+            generator.get_submodule(parent).register_module(
+                child, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+            )
+            swapped += 1
+    return swapped
+
+
+def trainer_for(preset: str, materialised: bool) -> Trainer:
+    """A fresh trainer of `preset` on the CPU (same seed, so the same initial weights)."""
+    values = preset_values(preset, "cpu")
+    train, model = (build(kind, _options_of(kind, values)) for kind in (TrainConfig, ModelConfig))
+    trainer = Trainer(train, model, resolve_accelerator("cpu"))
+    if materialised:
+        for generator in (trainer.G, trainer.ema.model):
+            materialise_upsampling(generator)
+    return trainer
+
+
+def _options_of(kind: type, values: dict) -> dict:
+    names = {option.name for option in options_of(kind)}
+    return {name: value for name, value in values.items() if name in names}
+
+
+def time_steps(trainer: Trainer, batch: list[tuple[torch.Tensor, ...]], steps: int) -> float:
+    """Seconds per step over `steps` steps."""
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batch)
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", help="a preset of tasks/presets.py")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on quiet cores)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per arm per round")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step-cpu.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    arms = {name: trainer_for(args.preset, name == "materialised") for name in ARMS}
+    batch_size = arms["folded"].config.batch_size
+    size = arms["folded"].model_config.resolution
+    strips = torch.randint(0, 256, (batch_size, 3, size, 2 * size), dtype=torch.uint8)
+    batch = [(strips, torch.zeros(batch_size, dtype=torch.int64))]
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for trainer in arms.values():
+        time_steps(trainer, batch, 5)  # warm-up: allocator, oneDNN primitives
+    for _ in range(args.rounds):
+        for name, trainer in arms.items():
+            times[name].append(time_steps(trainer, batch, args.steps))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        "benchmark": "step",
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "preset": args.preset,
+        "batch_size": batch_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "ms_per_step": {name: round(1e3 * m, 1) for name, m in medians.items()},
+        "ms_per_step_range": {
+            name: [round(1e3 * min(t), 1), round(1e3 * max(t), 1)] for name, t in times.items()
+        },
+        "ratio_folded_to_materialised": round(medians["folded"] / medians["materialised"], 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
