@@ -14,7 +14,8 @@ name instead of repeating numbers.
   under ADA (target 0.6); what the quickstart runs. Over two 3-seed sweeps on quiet
   cores it scored 4.51 and 4.88x the SWD floor against 5.09 and 4.97 at batch 32
   without augmentation, and no run of it was flagged "D is overpowering G" (every
-  batch-32 run was, from step 560-720).
+  batch-32 run was, from step 560-720). Given 5 minutes: 3.31 against 4.26x
+  (results/quality-cpu-300s-ada-b16.json, quality-cpu-300s-quiet.json).
 - `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
   there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus
   DiffAugment: measured on an H200 at equal wall-clock (benchmarks/gpu.py, 35 s an arm,
