@@ -81,12 +81,15 @@ def plan_dataset(
     staging = layout.staging(version)
     cities = sorted({r["city"] for r in rows})
     _place(rows, assignment, cities, shard)
-    if not (staging / "plan.parquet").exists():
+    # plan.parquet is written last: a run killed between the two writes leaves no
+    # plan.parquet, so the next run writes both again (a plan.parquet without its
+    # plan.json, as runs before this order could leave, is rewritten too).
+    if not all((staging / name).exists() for name in ("plan.json", "plan.parquet")):
+        plan_info = {"catalog": catalog.hash, "cities": cities, "split": split.as_dict()}
+        write_text(staging / "plan.json", json.dumps({**plan_info, "shard": shard.as_dict()}))
         table = pa.Table.from_pylist(rows).select(PLAN_COLUMNS).sort_by("shard")
         with atomic_path(staging / "plan.parquet") as tmp:
             pq.write_table(table, tmp, row_group_size=shard.shard_size)
-        plan_info = {"catalog": catalog.hash, "cities": cities, "split": split.as_dict()}
-        write_text(staging / "plan.json", json.dumps({**plan_info, "shard": shard.as_dict()}))
     shards = tuple(sorted({r["shard"] for r in rows}))
     return DatasetPlan(version, staging, shards, complete=False)
 

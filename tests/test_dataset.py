@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from shards.catalog import CatalogConfig
-from shards.dataset import DatasetError, load_info, resolve_version
+from shards.catalog import CatalogConfig, build_catalog
+from shards.dataset import DatasetError, load_info, plan_dataset, resolve_version
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
 from shards.pipeline import prepare_dataset
@@ -100,6 +100,20 @@ def test_rerun_is_a_noop_with_the_same_version(built):
     again, again_path = prepare_dataset(src, layout, SPLIT, SMALL_SHARDS, ONE_CORE)
     assert again.version == plan.version and again.complete
     assert (again_path / "dataset.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("left", ["plan.parquet", "plan.json"])
+def test_a_run_killed_between_the_two_plan_files_is_finished_by_the_next(tmp_path, left):
+    """A kill after one of the staged plan files was written and before the other."""
+    src = source(tmp_path)
+    layout = DataLayout.at(tmp_path / "data")
+    catalog = build_catalog(src, layout.catalog, ONE_CORE)
+    plan = plan_dataset(catalog, layout, SPLIT, SMALL_SHARDS)
+    for name in {"plan.parquet", "plan.json"} - {left}:
+        (plan.staging / name).unlink()
+    again, path = prepare_dataset(src, layout, SPLIT, SMALL_SHARDS, ONE_CORE)
+    assert again.version == plan.version and verify_dataset(path, workers=1).ok
+    assert load_info(layout).cities == ["austin", "paris", "sf"]
 
 
 def test_other_params_give_another_version(built):
