@@ -23,18 +23,17 @@ import torch
 from torch import nn
 
 from gan.accelerators import resolve_accelerator
-from gan.models import ModelConfig, NearestUpConv
-from gan.trainer import TrainConfig, Trainer
-from shards.options import build, options_of
+from gan.models import NearestUpConv
+from gan.trainer import Trainer
+from shards.options import build
+from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 
 ARMS = ("folded", "materialised")
 
 
-def materialise_upsampling(generator: nn.Module) -> int:
-    """Swap each NearestUpConv of `generator` for Upsample + Conv2d with its weight, in place;
-    returns how many were swapped."""
-    swapped = 0
+def materialise_upsampling(generator: nn.Module) -> None:
+    """Swap each NearestUpConv of `generator` for Upsample + Conv2d with its weight, in place."""
     for name, module in list(generator.named_modules()):
         if isinstance(module, NearestUpConv):
             conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
@@ -43,24 +42,16 @@ def materialise_upsampling(generator: nn.Module) -> int:
             generator.get_submodule(parent).register_module(
                 child, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
             )
-            swapped += 1
-    return swapped
 
 
 def trainer_for(preset: str, materialised: bool) -> Trainer:
     """A fresh trainer of `preset` on the CPU (same seed, so the same initial weights)."""
-    values = preset_values(preset, "cpu")
-    train, model = (build(kind, _options_of(kind, values)) for kind in (TrainConfig, ModelConfig))
-    trainer = Trainer(train, model, resolve_accelerator("cpu"))
+    job = build(TrainJob, {**preset_values(preset, "cpu"), "device": "cpu"})
+    trainer = Trainer(job.train, job.model, resolve_accelerator("cpu"))
     if materialised:
         for generator in (trainer.G, trainer.ema.model):
             materialise_upsampling(generator)
     return trainer
-
-
-def _options_of(kind: type, values: dict) -> dict:
-    names = {option.name for option in options_of(kind)}
-    return {name: value for name, value in values.items() if name in names}
 
 
 def time_steps(trainer: Trainer, batch: list[tuple[torch.Tensor, ...]], steps: int) -> float:
