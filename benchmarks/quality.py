@@ -77,6 +77,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {"label_smoothing": 0.1, "diffaugment": DIFFAUGMENT, "ada_target": 0.6, "batch_size": 16},
         {"generator": "upsample"},
     ),
+    "smooth-upsample-ada-tc-b16-ttur": (
+        {
+            "label_smoothing": 0.1,
+            "diffaugment": "translation,cutout",
+            "ada_target": 0.6,
+            "batch_size": 16,
+            "lr_g": 8e-4,  # TTUR: G four times faster than D
+        },
+        {"generator": "upsample"},
+    ),
     "sn-hinge-ttur-diffaug": (
         {"loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "diffaugment": DIFFAUGMENT},
         {"generator": "upsample", "spectral_norm": True, "d_norm": "none"},

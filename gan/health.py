@@ -24,6 +24,7 @@ REMEDIES = (
     ("generator upsample", lambda train, model: model.generator == "upsample"),
     ("diffaugment color,translation,cutout", lambda train, model: bool(train.diffaugment)),
     ("ada_target 0.6", lambda train, model: train.ada_target > 0),
+    ("lr_g 4x lr_d (TTUR)", lambda train, model: train.lr_g > train.lr_d),
 )
 REMEDY = "try " + ", ".join(name for name, _ in REMEDIES) + ", or a lower lr_d"
 

@@ -288,6 +288,8 @@ def test_health_advice_leaves_out_what_the_run_already_does():
     smooth_upsample = remedy(TrainConfig(label_smoothing=0.1), ModelConfig(generator="upsample"))
     assert "label_smoothing" not in smooth_upsample and "generator upsample" not in smooth_upsample
     assert "diffaugment" in smooth_upsample and smooth_upsample.endswith("a lower lr_d")
+    assert "TTUR" in smooth_upsample
+    assert "TTUR" not in remedy(TrainConfig(lr_g=8e-4), ModelConfig())
 
 
 def test_diversity_is_zero_for_identical_samples_and_grows_with_spread():

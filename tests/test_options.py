@@ -39,7 +39,8 @@ def test_precedence_explicit_over_config_file_over_preset_over_defaults(tmp_path
     assert job.train.batch_size == 16  # explicit
     assert job.train.lr_d == 0.0004  # config file
     assert job.model.ngf == PRESETS["cpu"]["ngf"]  # the file's preset
-    assert job.train.lr_g == 2e-4  # default
+    assert job.train.lr_g == PRESETS["cpu"]["lr_g"]  # an unset flag leaves the preset's
+    assert job.train.beta1 == 0.5  # default
 
 
 def test_a_config_file_with_an_unknown_key_is_refused(tmp_path):
