@@ -18,7 +18,8 @@ name instead of repeating numbers.
   (4.46 -> 4.15 alone, 2.93 with the faster G over 3 seeds). In the sweep on quiet
   cores: 2.80 ± 0.22x over 3 seeds (2.58-3.02) against 4.26 ± 0.13x for the preset
   before (DiffAugment with colour, one learning rate), and no run flagged "D is
-  overpowering G" (2 of 3 before were).
+  overpowering G" (2 of 3 before were). Given 5 minutes: 2.22 ± 0.17x against 3.31
+  (results/quality-cpu-300s-ttur.json, quality-cpu-300s-ada-b16.json).
 - `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
   there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus
   DiffAugment: measured on an H200 at equal wall-clock (benchmarks/gpu.py, 35 s an arm,
