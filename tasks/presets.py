@@ -83,7 +83,7 @@ def with_preset(name: str, values: Mapping[str, Any], known: set[str]) -> dict[s
     """`values` over preset `name`, keeping only the preset's options in `known`.
 
     A budget given explicitly replaces the preset's whole budget: `--steps 100` on the
-    cpu preset means 100 steps, not "100 steps or 1.5 minutes, whichever comes first".
+    cpu preset means 100 steps, not "100 steps or 2 minutes, whichever comes first".
     """
     base = preset_values(name, values.get("device", "auto"))
     if any(values.get(k) for k in BUDGET):
