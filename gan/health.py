@@ -22,7 +22,7 @@ COLLAPSE_AFTER = 100  # ... after this many steps: a transposed G starts near 0.
 REMEDIES = (
     ("label_smoothing 0.1", lambda train, model: train.label_smoothing > 0),
     ("generator upsample", lambda train, model: model.generator == "upsample"),
-    ("diffaugment color,translation,cutout", lambda train, model: bool(train.diffaugment)),
+    ("diffaugment translation,cutout", lambda train, model: bool(train.diffaugment)),
     ("ada_target 0.6", lambda train, model: train.ada_target > 0),
     ("lr_g 4x lr_d (TTUR)", lambda train, model: train.lr_g > train.lr_d),
 )

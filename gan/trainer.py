@@ -73,7 +73,11 @@ class TrainConfig:
         "probability of each DiffAugment transform; 0: always applied.",
     )
     ada_kimg: float = option(10.0, "ADA speed: thousands of real images for p to go 0 -> 1.")
-    ema_beta: float = option(0.999, "Final decay of G's EMA (it warms up from 0.1).")
+    ema_beta: float = option(
+        0.999,
+        "Final decay of G's EMA; it warms up as (1 + step) / (10 + step), so 0.999 is "
+        "reached only after 8,991 steps (a shorter run never uses this value).",
+    )
     ema_bn_batches: int = option(
         4, "No-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's."
     )

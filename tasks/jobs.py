@@ -28,6 +28,7 @@ from shards.publish import check_url
 from shards.retention import check_keep
 from shards.split import SplitConfig
 from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
+from tasks.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,11 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class PipelineJob:
-    """What the msls-train flow runs: prepare (when `source` is given), train, judge."""
+    """What the msls-train flow runs: prepare (when `source` is given), train, judge.
+
+    The flows build it through a preset; built bare, it trains for the cpu preset's budget.
+    """
 
     prepare: PrepareJob = field(default_factory=PrepareJob)
-    job: TrainJob = field(default_factory=lambda: TrainJob(minutes=1.5))
+    job: TrainJob = field(default_factory=lambda: TrainJob(minutes=PRESETS["cpu"]["minutes"]))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
