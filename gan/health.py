@@ -35,13 +35,26 @@ def remedy(train, model) -> str:
     return "try " + ", ".join([*left, "a lower lr_d"]) if left else "try a lower lr_d"
 
 
+def batch_spread(images: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, H, W] -> 0-d float32 tensor on their device: the mean over pixels of
+    the (unbiased) std across the batch; no host sync, so the step can compute it.
+
+    Written out as centre, square, sum: `Tensor.std(dim=0)` reduces the batch axis about
+    4x slower on the CPU (1.9 vs 0.4 ms for 16 x 3 x 64 x 64, 2 threads), 4% of a
+    cpu-preset step.
+    """
+    x = images.float()
+    centred = x - x.mean(dim=0)
+    return centred.square().sum(dim=0).div(x.shape[0] - 1).sqrt().mean()
+
+
 def diversity(images: torch.Tensor) -> float:
-    """float [B, 3, H, W] in [-1, 1] -> the mean over pixels of the std across the batch.
+    """float [B, 3, H, W] in [-1, 1] -> `batch_spread` as a float.
 
     0 when every image is the same (collapse, the uniform grey of a beaten G); real
     64 px street windows give about 0.4-0.5.
     """
-    return images.float().std(dim=0).mean().item()
+    return batch_spread(images).item()
 
 
 def health_warnings(

@@ -25,7 +25,7 @@ from gan.augment import AdaptiveStrength, diff_augment, parse_policy, random_win
 from gan.distributed import World, all_mean, average_gradients, broadcast_module
 from gan.ema import EMA
 from gan.graphed import GraphedStep
-from gan.health import diversity
+from gan.health import batch_spread, diversity
 from gan.losses import LOSSES, gradient_penalty, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
 from shards.options import option
@@ -213,7 +213,7 @@ class Trainer:
             real_logits.mean() - fake_logits.mean(),
             (real_logits > 0).float().mean(),
             self.ada.p,
-            real.float().std(dim=0).mean(),
+            batch_spread(real),
         ]
         return torch.stack(values).detach().float()
 

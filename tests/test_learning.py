@@ -16,7 +16,7 @@ from gan.accelerators import resolve_accelerator
 from gan.augment import AdaptiveStrength, diff_augment, parse_policy
 from gan.checkpoint import load_checkpoint
 from gan.ema import EMA
-from gan.health import diversity, health_warnings, remedy
+from gan.health import batch_spread, diversity, health_warnings, remedy
 from gan.loop import LoopConfig
 from gan.losses import BceLoss, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
@@ -297,6 +297,9 @@ def test_diversity_is_zero_for_identical_samples_and_grows_with_spread():
     assert diversity(same) == 0.0
     spread = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert 0.5 < diversity(spread) < 0.65  # std of U(-1, 1) is 0.577
+    nhwc = spread.contiguous(memory_format=torch.channels_last)  # the CPU step's layout
+    expected = spread.std(dim=0).mean()
+    torch.testing.assert_close(batch_spread(nhwc), expected)
 
 
 @pytest.mark.slow
