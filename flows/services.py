@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shards.atomic import write_text
 from shards.layout import DataLayout, sqlite_uri
+from tasks.mlflow_store import StoreError, ready_store
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "msls-local"
@@ -73,7 +74,7 @@ class Services:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> int:
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         """Start a long-running command in its own session; record its pid."""
         with open(self._log(name), "ab") as log:
             process = subprocess.Popen(
@@ -88,7 +89,7 @@ class Services:
         state = self._state()
         state[name] = process.pid
         write_text(self.state_file, json.dumps(state))
-        return process.pid
+        return process
 
     def _state(self) -> dict[str, int]:
         return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
@@ -113,7 +114,7 @@ class Services:
     def start_prefect(self) -> None:
         if _healthy(f"{self.prefect_url}/api/health"):
             return
-        self._spawn(
+        server = self._spawn(
             "prefect-server",
             [
                 *_bin("prefect"),
@@ -125,12 +126,16 @@ class Services:
                 str(self.prefect_port),
             ],
         )
-        _wait(f"{self.prefect_url}/api/health", 120, self._log("prefect-server"))
+        _wait(f"{self.prefect_url}/api/health", 120, self._log("prefect-server"), server)
 
     def start_mlflow(self) -> None:
         if _healthy(f"{self.mlflow_url}/health"):
             return
-        self._spawn(
+        try:  # made here, not by the server: `msls ui` or a run may open it meanwhile
+            ready_store(self.layout.mlflow_uri)
+        except StoreError as error:
+            raise ServiceError(str(error)) from error
+        server = self._spawn(
             "mlflow-server",
             [
                 *_bin("mlflow"),
@@ -147,7 +152,7 @@ class Services:
                 self.layout.mlflow_artifacts.resolve().as_uri(),
             ],
         )
-        _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"))
+        _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"), server)
 
     def deploy(self) -> None:
         """The work pool (process), every deployment in prefect.yaml, the training slots.
@@ -227,10 +232,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _wait(url: str, seconds: float, log: Path) -> None:
+def _wait(url: str, seconds: float, log: Path, server: subprocess.Popen | None = None) -> None:
+    """Until `url` answers 200; ServiceError at once if `server` exits first, else after
+    `seconds`: a server that died (a port taken, a broken store) is not waited out."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if _healthy(url):
             return
+        if server is not None and server.poll() is not None:
+            raise ServiceError(f"{url}: its server exited ({server.returncode}); see {log}")
         time.sleep(0.5)
     raise ServiceError(f"{url} did not come up within {seconds:.0f} s; see {log}")

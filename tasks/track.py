@@ -39,6 +39,7 @@ from shards.options import flat
 from shards.provenance import code_version
 from shards.rundir import RunDir
 from tasks.jobs import TrainJob
+from tasks.mlflow_store import ready_store
 from tasks.registry import DEFAULT_ALIAS, promote, record_evaluation, register_generator
 
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
@@ -52,12 +53,16 @@ log = logging.getLogger("msls.track")
 
 
 def tracking_uri(data_root: str | os.PathLike[str] | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else the data root's own store (`sqlite_uri`)."""
+    """MLFLOW_TRACKING_URI if set, else the data root's own store (`sqlite_uri`).
+
+    A sqlite store is created before this returns (`ready_store`): opened by two
+    processes at once, a fresh one is corrupted by MLflow's own migration.
+    """
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return ready_store(os.environ["MLFLOW_TRACKING_URI"])
     layout = DataLayout.at(data_root)
     layout.root.mkdir(parents=True, exist_ok=True)
-    return layout.mlflow_uri
+    return ready_store(layout.mlflow_uri)
 
 
 def client_for(data_root: str | os.PathLike[str] | None = None) -> MlflowClient:
