@@ -143,6 +143,23 @@ def test_every_d_call_sees_augmented_images_real_fake_and_gs_pass():
             assert bool((zeros >= 16 * 16).all()) == expect_cut
 
 
+def test_gs_update_leaves_ds_gradients_alone_and_d_trainable():
+    """G's pass through D computes no D weight gradients (they were thrown away), yet G
+    gets its gradient and D still trains at the next step."""
+    t = trainer()
+    at_d_update: list[list[torch.Tensor]] = []
+    d_step = t.opt_d.step
+    t.opt_d.step = lambda: (
+        at_d_update.append([p.grad.clone() for p in t.D.parameters()]) or d_step()
+    )
+    t.train_step(strips())
+    assert all(torch.equal(p.grad, g) for p, g in zip(t.D.parameters(), at_d_update[0]))
+    assert all(p.requires_grad for p in t.D.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.G.parameters())
+    t.train_step(strips())
+    assert len(at_d_update) == 2
+
+
 def test_ada_p_rises_when_d_overfits_falls_when_not_and_stays_in_0_1():
     ada = AdaptiveStrength(target=0.6, kimg=1.0, device=torch.device("cpu"))
     assert ada.p.item() == 0.0
