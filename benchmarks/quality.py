@@ -86,6 +86,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
     ),
     "smooth-upsample-ada-tc-b16-ttur": ({**TTUR_TC, "batch_size": 16}, {"generator": "upsample"}),
     "smooth-upsample-ada-tc-b32-ttur": (TTUR_TC, {"generator": "upsample"}),
+    "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
+        {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
+        {"generator": "upsample"},
+    ),
     "sn-hinge-ttur-diffaug": (
         {"loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "diffaugment": DIFFAUGMENT},
         {"generator": "upsample", "spectral_norm": True, "d_norm": "none"},

@@ -1,11 +1,14 @@
-"""Benchmark: time of one training step of a preset, G's upsample stages computed two ways.
+"""Benchmark: time of one training step of a preset against the step computed as before.
 
-"folded" is ours: each nearest x2 + 3x3 conv stage as the equivalent sub-pixel conv
-(gan.models.NearestUpConv). "materialised" is the same G with each stage swapped for
-nn.Sequential(nn.Upsample, nn.Conv2d) carrying the same weight: how the stages were
-computed before. Both train on the same random strips; they alternate in rounds
-(`--rounds` of `--steps` timed steps each, after a warm-up) so machine noise hits both,
-and the result is the ratio of median step times. No data loading is timed.
+"ours" is the trainer as it is. Each other arm undoes one speed change on an otherwise
+identical trainer (same seed, same weights, the same arithmetic):
+- "materialised": G's upsample stages as nn.Sequential(nn.Upsample, nn.Conv2d) carrying
+  the same weight, instead of the equivalent sub-pixel conv (gan.models.NearestUpConv);
+- "d-grads": D left trainable through G's update, so its weight gradients are computed
+  there and thrown away, instead of a frozen D.
+The arms train on the same random strips and alternate in rounds (`--rounds` of
+`--steps` timed steps each, after a warm-up) so machine noise hits all of them; the
+result is each arm's median step time and ours as a ratio of it. No data loading is timed.
 
     python -m benchmarks.step --preset cpu --threads 2
 """
@@ -29,7 +32,7 @@ from shards.options import build
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 
-ARMS = ("folded", "materialised")
+ARMS = ("ours", "materialised", "d-grads")
 
 
 def materialise_upsampling(generator: nn.Module) -> None:
@@ -44,13 +47,16 @@ def materialise_upsampling(generator: nn.Module) -> None:
             )
 
 
-def trainer_for(preset: str, materialised: bool) -> Trainer:
-    """A fresh trainer of `preset` on the CPU (same seed, so the same initial weights)."""
+def trainer_for(preset: str, arm: str = "ours") -> Trainer:
+    """A fresh trainer of `preset` on the CPU (same seed, so the same initial weights),
+    computing its step the way `arm` names (ARMS)."""
     job = build(TrainJob, {**preset_values(preset, "cpu"), "device": "cpu"})
     trainer = Trainer(job.train, job.model, resolve_accelerator("cpu"))
-    if materialised:
+    if arm == "materialised":
         for generator in (trainer.G, trainer.ema.model):
             materialise_upsampling(generator)
+    elif arm == "d-grads":  # G's update can no longer freeze D: it stays trainable
+        trainer.D.requires_grad_ = lambda requires_grad=True: trainer.D
     return trainer
 
 
@@ -71,9 +77,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step-cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    arms = {name: trainer_for(args.preset, name == "materialised") for name in ARMS}
-    batch_size = arms["folded"].config.batch_size
-    size = arms["folded"].model_config.resolution
+    arms = {name: trainer_for(args.preset, name) for name in ARMS}
+    batch_size = arms["ours"].config.batch_size
+    size = arms["ours"].model_config.resolution
     strips = torch.randint(0, 256, (batch_size, 3, size, 2 * size), dtype=torch.uint8)
     batch = [(strips, torch.zeros(batch_size, dtype=torch.int64))]
     times: dict[str, list[float]] = {name: [] for name in arms}
@@ -99,7 +105,9 @@ def main() -> None:
         "ms_per_step_range": {
             name: [round(1e3 * min(t), 1), round(1e3 * max(t), 1)] for name, t in times.items()
         },
-        "ratio_folded_to_materialised": round(medians["folded"] / medians["materialised"], 3),
+        "ratio_ours_to": {
+            name: round(medians["ours"] / m, 3) for name, m in medians.items() if name != "ours"
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

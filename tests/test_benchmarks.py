@@ -41,16 +41,25 @@ def test_train_benchmark_sets_up_and_runs_one_step(tmp_path, monkeypatch):
     assert result["loader_per_core"]["ratio"] > 0
 
 
-def test_step_benchmark_times_the_same_generator_both_ways(tmp_path, monkeypatch):
-    folded, materialised = (step_bench.trainer_for("cpu", m) for m in (False, True))
-    z = torch.randn(4, folded.model_config.nz)
-    torch.testing.assert_close(materialised.G(z), folded.G(z), rtol=1e-4, atol=1e-5)
+def test_step_benchmark_arms_compute_the_same_step_their_own_way(tmp_path, monkeypatch):
+    ours, materialised, d_grads = (step_bench.trainer_for("cpu", arm) for arm in step_bench.ARMS)
+    z = torch.randn(4, ours.model_config.nz)
+    torch.testing.assert_close(materialised.G(z), ours.G(z), rtol=1e-4, atol=1e-5)
     assert not any(isinstance(m, NearestUpConv) for m in materialised.G.modules())
+    strips = torch.randint(0, 256, (16, 3, 64, 128), dtype=torch.uint8)
+    batch = [(strips, torch.zeros(16, dtype=torch.int64))]
+    for trainer in (ours, d_grads):
+        trainer.train_step(batch)
+    torch.testing.assert_close(list(d_grads.G.parameters()), list(ours.G.parameters()))
+    assert all(p.grad is not None for p in d_grads.D.parameters())
+    assert not all(
+        torch.equal(a.grad, b.grad) for a, b in zip(d_grads.D.parameters(), ours.D.parameters())
+    )
     out = tmp_path / "step.json"
     run(step_bench, ["--rounds", "1", "--steps", "1", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
-    assert set(result["ms_per_step"]) == {"folded", "materialised"}
-    assert result["ratio_folded_to_materialised"] > 0
+    assert set(result["ms_per_step"]) == set(step_bench.ARMS)
+    assert set(result["ratio_ours_to"]) == {"materialised", "d-grads"}
 
 
 @pytest.mark.slow
