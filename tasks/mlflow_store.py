@@ -27,12 +27,14 @@ class StoreError(ValueError):
 
 
 def ready_store(uri: str) -> str:
-    """`uri`, once its tables exist at MLflow's current schema; non-sqlite URIs unchanged.
+    """`uri`, once its tables exist at MLflow's schema; any store but a sqlite file unchanged.
 
     Raises StoreError naming the database file and what to do if MLflow cannot open or
     create it. Done once per process and URI.
     """
-    if make_url(uri).get_backend_name() != "sqlite":
+    if uri.partition(":")[0].partition("+")[0] != "sqlite":  # a server, a path, databricks
+        return uri
+    if make_url(uri).database in (None, "", ":memory:"):  # nothing on disk to share
         return uri
     return _created(uri)
 

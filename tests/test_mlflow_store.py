@@ -69,6 +69,16 @@ def test_processes_opening_a_fresh_store_together_all_get_one_store(tmp_path):
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
 
 
+@pytest.mark.parametrize(
+    "uri",
+    ["databricks", "http://127.0.0.1:5000", "file:///tmp/mlruns", "mlruns", "sqlite:///:memory:"],
+)
+def test_stores_not_in_a_sqlite_file_pass_through_untouched(uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ready_store(uri) == uri
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_store_mlflow_cannot_open_is_one_line_naming_it(tmp_path, monkeypatch):
     layout = DataLayout.at(tmp_path)
     layout.root.mkdir(parents=True, exist_ok=True)
