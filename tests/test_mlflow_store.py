@@ -39,10 +39,11 @@ print(len(MlflowClient(ready_store(uri)).search_experiments()))
 """
 
 
-def _wait_for(paths: list[Path], seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
+def _until_ready(openers: list[subprocess.Popen], paths: list[Path]) -> None:
+    """Until every opener has said it is ready; one that exits before fails the test."""
     while not all(path.exists() for path in paths):
-        assert time.monotonic() < deadline, "the openers never got ready"
+        exited = [opener for opener in openers if opener.poll() is not None]
+        assert not exited, exited[0].communicate()[1].strip().splitlines()[-1:]
         time.sleep(0.05)
 
 
@@ -60,11 +61,11 @@ def test_processes_opening_a_fresh_store_together_all_get_one_store(tmp_path):
         )
         for path in ready
     ]
-    _wait_for(ready)
+    _until_ready(openers, ready)
     go.touch()
-    results = [(opener.wait(timeout=300), *opener.communicate()) for opener in openers]
-    assert [(code, out.strip()) for code, out, _ in results] == [(0, "1")] * OPENERS, [
-        err.strip().splitlines()[-1:] for _, _, err in results
+    results = [(*opener.communicate(), opener.returncode) for opener in openers]
+    assert [(code, out.strip()) for out, _, code in results] == [(0, "1")] * OPENERS, [
+        err.strip().splitlines()[-1:] for _, err, _ in results
     ]
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
 
