@@ -19,6 +19,8 @@ from pathlib import Path
 from filelock import FileLock
 from sqlalchemy.engine import make_url
 
+from shards.layout import DataLayout
+
 LOCK_TIMEOUT = 600.0  # seconds; creating the tables takes ~2 s on a busy 2-core machine
 
 
@@ -47,7 +49,8 @@ def _created(uri: str) -> str:
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(database.with_name(f".{database.name}.lock"), timeout=LOCK_TIMEOUT):
         try:
-            store = SqlAlchemyStore(uri, (database.parent / "mlartifacts").as_uri())
+            artifacts = DataLayout.at(database.parent).mlflow_artifacts  # the data root's
+            store = SqlAlchemyStore(uri, artifacts.as_uri())
         except Exception as error:
             reason = str(error).strip().splitlines()[0]
             raise StoreError(
