@@ -86,6 +86,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
     ),
     "smooth-upsample-ada-tc-b16-ttur": ({**TTUR_TC, "batch_size": 16}, {"generator": "upsample"}),
     "smooth-upsample-ada-tc-b32-ttur": (TTUR_TC, {"generator": "upsample"}),
+    "smooth-upsample-ada-tc-b16-ttur-adam0": (
+        {**TTUR_TC, "batch_size": 16, "beta1": 0.0, "beta2": 0.99},  # StyleGAN2-ADA's: a lead
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},

@@ -31,6 +31,7 @@ from gan.models import ModelConfig, build_models
 from shards.options import option
 from shards.rng import set_state
 
+PROBE_BN_BATCHES = 4  # the live diversity probe's BatchNorm refresh: cheap, every log line
 # Per-step device metrics, averaged over each log interval. The loop adds `diversity`
 # and a `health` list of warnings (gan/health.py); the report reads them from stats.jsonl.
 METRICS = (
@@ -79,7 +80,9 @@ class TrainConfig:
         "reached only after 8,991 steps (a shorter run never uses this value).",
     )
     ema_bn_batches: int = option(
-        4, "No-grad batches that recompute the EMA G's BatchNorm statistics; 0: copy G's."
+        64,
+        "No-grad batches that recompute the EMA G's BatchNorm statistics before each "
+        "checkpoint (the live health probe uses at most 4); 0: copy G's.",
     )
     flip: bool = option(True, "Random horizontal flips of the real windows.")
     seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
@@ -271,17 +274,22 @@ class Trainer:
         self.acc.mark_step()
         return err_g.detach()
 
-    def refresh_ema_batchnorm(self) -> None:
+    def refresh_ema_batchnorm(self, batches: int | None = None) -> None:
         """Give the EMA G BatchNorm statistics of its own weights (it copies G's, which
-        were gathered with other weights): `ema_bn_batches` no-grad batches of fixed
-        latents. Measured on CPU: 5-minute EMA SWD 3.1 -> 2.6x the floor."""
-        if self.config.ema_bn_batches:
-            inputs = self.fixed_inputs(self.config.batch_size * self.config.ema_bn_batches, 1)
+        were gathered with other weights): `batches` (default `ema_bn_batches`) no-grad
+        batches of fixed latents. Measured on CPU: 5-minute EMA SWD 3.1 -> 2.6x the
+        floor. The count matters too: statistics of 4 batches of 16 moved a 5-minute run's
+        score by up to 1.39x the floor from one set of latents to another, and averaged
+        worse (2.43 against 2.13 with 64 batches; docs/EVALUATION.md)."""
+        batches = self.config.ema_bn_batches if batches is None else batches
+        if batches:
+            inputs = self.fixed_inputs(self.config.batch_size * batches, 1)
             self.ema.recompute_batchnorm(zip(*(t.split(self.config.batch_size) for t in inputs)))
 
     def sample_diversity(self, n: int = 64) -> float:
-        """`diversity` of the EMA G's images of a fixed latent batch (BatchNorm refreshed)."""
-        self.refresh_ema_batchnorm()
+        """`diversity` of the EMA G's images of a fixed latent batch, BatchNorm refreshed
+        from at most PROBE_BN_BATCHES batches: it runs at every log line."""
+        self.refresh_ema_batchnorm(min(self.config.ema_bn_batches, PROBE_BN_BATCHES))
         with torch.no_grad():
             return diversity(self.ema.model(*self.fixed_inputs(n, 2)))
 

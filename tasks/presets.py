@@ -19,7 +19,8 @@ name instead of repeating numbers.
   cores: 2.80 ± 0.22x over 3 seeds (2.58-3.02) against 4.26 ± 0.13x for the preset
   before (DiffAugment with colour, one learning rate), and no run flagged "D is
   overpowering G" (2 of 3 before were). Given 5 minutes: 2.22 ± 0.17x against 3.31
-  (results/quality-cpu-300s-ttur.json, quality-cpu-300s-ada-b16.json). It trains for 2
+  (results/quality-cpu-300s-ttur.json, quality-cpu-300s-ada-b16.json); 2.24 ± 0.21x with
+  the EMA's BatchNorm statistics from 64 batches (quality-cpu-300s-bn64.json). It trains for 2
   minutes, the top of the issue's "1.5-2 minute" quickstart budget: one-seed runs of 120 s
   scored 2.47 / 2.27 / 2.61x (seeds 0-2) against 2.80 ± 0.22x at 90 s.
 - `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound

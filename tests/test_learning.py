@@ -20,7 +20,7 @@ from gan.health import batch_spread, diversity, health_warnings, remedy
 from gan.loop import LoopConfig
 from gan.losses import BceLoss, make_loss, r1_penalty
 from gan.models import ModelConfig, build_models
-from gan.trainer import TrainConfig, Trainer
+from gan.trainer import PROBE_BN_BATCHES, TrainConfig, Trainer
 from shards.layout import DataLayout
 from tasks.train import train_model
 from tests.tiny import TINY_MODEL, build_dataset, tiny_job
@@ -254,6 +254,18 @@ def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights():
     batch_vars = torch.stack([ema.model[0](z).var(0) for z in latents]).mean(0)
     assert torch.allclose(norm.running_var, batch_vars.detach(), atol=1e-4)
     assert not ema.model.training and norm.momentum == 0.1
+
+
+def test_checkpoint_statistics_use_every_ema_bn_batch_and_the_live_probe_a_few():
+    t = trainer(ema_bn_batches=12)
+    t.train_step(strips())
+    calls = []
+    t.ema.model.register_forward_hook(lambda module, inputs, output: calls.append(len(output)))
+    t.refresh_ema_batchnorm()  # before a checkpoint: all 12 batches of 8
+    assert calls == [8] * 12
+    calls.clear()
+    t.sample_diversity(n=16)  # every log line: PROBE_BN_BATCHES batches, then the probe
+    assert calls == [8] * PROBE_BN_BATCHES + [16]
 
 
 def test_checkpoints_carry_the_refreshed_ema_statistics(data_root):
