@@ -82,7 +82,7 @@ class TrainConfig:
     ema_bn_batches: int = option(
         64,
         "No-grad batches that recompute the EMA G's BatchNorm statistics before each "
-        "checkpoint (the live health probe uses at most 4); 0: copy G's.",
+        f"checkpoint (the live health probe uses at most {PROBE_BN_BATCHES}); 0: copy G's.",
     )
     flip: bool = option(True, "Random horizontal flips of the real windows.")
     seed: int = option(0, "Training seed: weights, noise, data order. Not the split seed.")
