@@ -18,6 +18,9 @@ rescores.
 
     python -m benchmarks.train setup --images 2000 --val-fraction 0.1 --out build/quality
     python -m benchmarks.quality --data build/quality --seconds 90 --seeds 3
+
+`--steps N` gives our arms a budget of N generator steps instead of wall-clock, as the
+cpu preset now trains: every machine then trains the same model, a slow one for longer.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,6 +93,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**TTUR_TC, "batch_size": 16, "beta1": 0.0, "beta2": 0.99},  # StyleGAN2-ADA's: a lead
         {"generator": "upsample"},
     ),
+    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x": (
+        {**TTUR_TC, "batch_size": 16, "beta1": 0.0, "beta2": 0.99, "lr_g": 1.6e-3, "lr_d": 4e-4},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
@@ -102,13 +109,32 @@ ARMS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
-    """The TrainJob of `arm` for `seconds` of training, in its `run_dir`."""
+@dataclass(frozen=True)
+class Budget:
+    """What each run trains for: `seconds` of wall-clock, or `steps` generator steps if set."""
+
+    seconds: float
+    steps: int = 0
+
+    @property
+    def label(self) -> str:
+        """How run directories and records name the budget: '300s' or '2400steps'."""
+        return f"{self.steps}steps" if self.steps else f"{self.seconds:g}s"
+
+    def options(self) -> dict[str, float]:
+        """The TrainJob budget options: one budget, the other off."""
+        if self.steps:
+            return {"steps": self.steps, "minutes": 0.0}
+        return {"minutes": self.seconds / 60}
+
+
+def arm_job(data: Path, arm: str, budget: Budget, seed: int) -> TrainJob:
+    """The TrainJob of `arm` for `budget` of training, in its `run_dir`."""
     train, model = ARMS[arm]
     values = {
         "dataset": (data / "version").read_text().strip(),
         "device": "cpu",
-        "minutes": seconds / 60,
+        **budget.options(),
         "batch_size": 32,
         "ngf": 16,
         "ndf": 16,
@@ -118,16 +144,18 @@ def arm_job(data: Path, arm: str, seconds: float, seed: int) -> TrainJob:
         **model,
     }
     job = build(TrainJob, values)
-    return replace(job, data_root=str(data / "data"), run=run_dir(data, arm, seconds, seed).name)
+    folder = run_dir(data, arm, budget.label, seed)
+    return replace(job, data_root=str(data / "data"), run=folder.name)
 
 
-def run_dir(data: Path, arm: str, seconds: float, seed: int) -> Path:
-    return data / "data" / "runs" / f"sweep-{arm}-{seconds:g}s-s{seed}"
+def run_dir(data: Path, arm: str, budget: str, seed: int) -> Path:
+    """Where a run of `arm` for the budget labelled `budget` (Budget.label) and `seed` lives."""
+    return data / "data" / "runs" / f"sweep-{arm}-{budget}-s{seed}"
 
 
-def train_ours(data: Path, arm: str, seconds: float, seed: int) -> dict:
-    """The record of `seconds` of `msls train --minutes` with `arm` (G: its checkpoint)."""
-    job = arm_job(data, arm, seconds, seed)
+def train_ours(data: Path, arm: str, budget: Budget, seed: int) -> dict:
+    """The record of `msls train` with `arm` for `budget` (G: its checkpoint)."""
+    job = arm_job(data, arm, budget, seed)
     load, start = os.getloadavg()[0], time.perf_counter()
     result = train_model(job)
     wall = time.perf_counter() - start
@@ -227,7 +255,7 @@ def markdown_table(result: dict) -> str:
     """The README's table of a sweep: one row per arm, best first."""
     rows = sorted(result["arms"].items(), key=lambda item: item[1]["ratio_mean"])
     lines = [
-        f"| arm ({result['seconds_per_run']:g} s each) | SWD / floor, mean ± sd | range | steps |",
+        f"| arm ({result['budget']} each) | SWD / floor, mean ± sd | range | steps |",
         "|---|---|---|---|",
     ]
     for arm, row in rows:
@@ -270,16 +298,17 @@ def _generator_file(arm: str) -> str:
 def _train(args: argparse.Namespace, arms: list[str], records: Path) -> list[dict]:
     """Train every (seed, arm) the records file lacks, seed-major; return all records."""
     done = _finished(records, args.data)
+    budget = Budget(args.seconds, args.steps)
     runs = []
     for seed in range(args.seeds):  # seed-major: machine load hits every arm alike
         for arm in arms:
             if (arm, seed) not in done:
                 if arm == RECIPE:
-                    out = run_dir(args.data, arm, args.seconds, seed)
+                    out = run_dir(args.data, arm, budget.label, seed)
                     record = train_recipe(args.data / "imagefolder", args.seconds, seed, out)
                 else:
-                    record = train_ours(args.data, arm, args.seconds, seed)
-                done[arm, seed] = {**record, "budget": args.seconds}
+                    record = train_ours(args.data, arm, budget, seed)
+                done[arm, seed] = {**record, "budget": budget.label}
                 _save(records, [done[arm, seed]])
                 print(json.dumps(record), flush=True)
             runs.append(done[arm, seed])
@@ -290,6 +319,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("build/quality"))
     parser.add_argument("--seconds", type=float, default=90.0, help="wall-clock per run")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="generator steps per run instead of --seconds"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated ARMS names")
     parser.add_argument("--samples", type=int, default=1024, help="generated images per SWD")
@@ -317,7 +349,10 @@ def main() -> None:
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         parser.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
-    records = args.records or args.data / f"sweep-{args.seconds:g}s.jsonl"
+    if args.steps and RECIPE in arms:
+        parser.error("--steps: the recipe trains for --seconds only; leave it out of --arms")
+    budget = Budget(args.seconds, args.steps)
+    records = args.records or args.data / f"sweep-{budget.label}.jsonl"
     runs = _train(args, arms, records)
     root = args.data / "data"
     version = DatasetVersion(root / "datasets" / (args.data / "version").read_text().strip())
@@ -337,11 +372,12 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "device": "cpu",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512
             "shared": "2 cores shared with other work; arms interleaved seed-major",
         },
         "threads": args.threads,
         "threads_note": THREADS_NOTE,
-        "seconds_per_run": args.seconds,
+        "budget": budget.label,
         "order": "seed-major: every arm's seed 0, then every arm's seed 1, ...",
         "val_strips": len(strips["val"]),
         "samples": args.samples,

@@ -304,7 +304,10 @@ def promote(
 def quickstart(
     ctx: typer.Context,
     minutes: Annotated[
-        float | None, typer.Option(help="Training budget of the demo run (default: preset cpu's).")
+        float | None,
+        typer.Option(
+            help="Training budget of the demo run in minutes (default: preset cpu's steps)."
+        ),
     ] = None,
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,

@@ -148,5 +148,5 @@ class PipelineJob:
     """
 
     prepare: PrepareJob = field(default_factory=PrepareJob)
-    job: TrainJob = field(default_factory=lambda: TrainJob(minutes=PRESETS["cpu"]["minutes"]))
+    job: TrainJob = field(default_factory=lambda: TrainJob(steps=PRESETS["cpu"]["steps"]))
     evaluation: EvalConfig = field(default_factory=EvalConfig)

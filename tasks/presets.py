@@ -20,9 +20,13 @@ name instead of repeating numbers.
   before (DiffAugment with colour, one learning rate), and no run flagged "D is
   overpowering G" (2 of 3 before were). Given 5 minutes: 2.22 ± 0.17x against 3.31
   (results/quality-cpu-300s-ttur.json, quality-cpu-300s-ada-b16.json); 2.24 ± 0.21x with
-  the EMA's BatchNorm statistics from 64 batches (quality-cpu-300s-bn64.json). It trains for 2
-  minutes, the top of the issue's "1.5-2 minute" quickstart budget: one-seed runs of 120 s
-  scored 2.47 / 2.27 / 2.61x (seeds 0-2) against 2.80 ± 0.22x at 90 s.
+  the EMA's BatchNorm statistics from 64 batches (quality-cpu-300s-bn64.json). It trains for
+  2,400 generator steps, not minutes: what 2 minutes (the top of the issue's "1.5-2 minute"
+  quickstart budget) bought on the AVX-512 cores of the sweeps (2,422-2,590 steps), where
+  one-seed runs of 120 s scored 2.47 / 2.27 / 2.61x. An AVX2-only 2-core EPYC steps 2.3x
+  slower: 2 minutes there bought ~1,240 steps and 3.91 ± 0.32x with noisy, checkered
+  samples (quality-cpu-120s-avx2.json), 2,400 steps 2.67 ± 0.16x in 3.7 minutes
+  (quality-cpu-2400steps-avx2.json). A step budget gives every CPU the same model.
 - `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
   there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus
   DiffAugment: measured on an H200 at equal wall-clock (benchmarks/gpu.py, 35 s an arm,
@@ -50,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_g": 8e-4,
         "diffaugment": "translation,cutout",
         "ada_target": 0.6,
-        "minutes": 2.0,
+        "steps": 2400,
         "log_every": 20,
     },
     "gpu": {
@@ -83,8 +87,8 @@ BUDGET = ("steps", "epochs", "minutes")
 def with_preset(name: str, values: Mapping[str, Any], known: set[str]) -> dict[str, Any]:
     """`values` over preset `name`, keeping only the preset's options in `known`.
 
-    A budget given explicitly replaces the preset's whole budget: `--steps 100` on the
-    cpu preset means 100 steps, not "100 steps or 2 minutes, whichever comes first".
+    A budget given explicitly replaces the preset's whole budget: `--minutes 5` on the
+    cpu preset means 5 minutes, not "5 minutes or 2,400 steps, whichever comes first".
     """
     base = preset_values(name, values.get("device", "auto"))
     if any(values.get(k) for k in BUDGET):

@@ -88,6 +88,24 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     assert {"logit_gap", "real_pos", "ada_p", "diversity"} <= set(result["runs"][0]["final"])
 
 
+def test_quality_sweep_trains_for_steps_or_seconds_and_names_runs_by_that_budget(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "version").write_text("v1\n")
+    by_steps = quality_bench.arm_job(tmp_path, "smooth", quality_bench.Budget(300, 2400), 0)
+    by_time = quality_bench.arm_job(tmp_path, "smooth", quality_bench.Budget(300), 0)
+    assert (by_steps.steps, by_steps.minutes) == (2400, 0.0)
+    assert (by_time.steps, by_time.minutes) == (0, 5.0)
+    assert (by_steps.run, by_time.run) == ("sweep-smooth-2400steps-s0", "sweep-smooth-300s-s0")
+    with pytest.raises(SystemExit):  # the recipe has no step budget
+        run(
+            quality_bench,
+            ["--data", str(tmp_path), "--steps", "10", "--arms", "recipe"],
+            monkeypatch,
+        )
+    assert not (tmp_path / "data").exists()
+
+
 def test_gpu_benchmark_arms_are_the_preset_and_named_changes():
     """benchmarks/gpu.py (run on the lent GPU, not here) trains what the gpu preset says."""
     from benchmarks.gpu import ARMS, Bench, replace_options

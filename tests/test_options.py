@@ -53,6 +53,13 @@ def test_a_config_file_with_an_unknown_key_is_refused(tmp_path):
 def test_an_explicit_budget_replaces_the_presets():
     job = resolve(TrainJob, {"steps": 7}, "cpu")
     assert (job.steps, job.minutes) == (7, 0.0)
+    job = resolve(TrainJob, {"minutes": 5.0}, "cpu")  # 5 minutes, not "or 2,400 steps"
+    assert (job.steps, job.minutes) == (0, 5.0)
+
+
+def test_the_cpu_preset_trains_for_steps_so_every_machine_gets_the_same_model():
+    job = resolve(TrainJob, {}, "cpu")
+    assert (job.steps, job.minutes, job.epochs) == (PRESETS["cpu"]["steps"], 0.0, 0.0)
 
 
 def test_rules_between_options_live_in_the_job():
