@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from flows.options import resolve
 from gan.accelerators import resolve_accelerator
 from gan.images import image_grid
 from gan.loop import Budget, LoopConfig, fit
@@ -43,7 +44,6 @@ from gan.trainer import Trainer
 from shards.cache import CachedBatches, load_split
 from shards.conditions import class_cities, label_city
 from shards.geometry import centre_window
-from shards.options import build
 from shards.parallel import cpu_count
 from shards.version import DatasetVersion
 from tasks.evaluate import load_strips, night_share
@@ -124,11 +124,12 @@ SECONDS = 120.0  # what the CPU preset's 2,400 steps took on the sweeps' AVX-512
 
 
 def preset_job(data: Path, run: str, seed: int, seconds: float, **values) -> TrainJob:
-    """The CPU preset's TrainJob, trained for `seconds`, with `values` over it."""
-    options = {**preset_values("cpu"), "device": "cpu", "seed": seed, **values}
-    options.update(steps=0, minutes=seconds / 60)  # wall-clock instead of the preset's steps
-    options["dataset"] = (data / "version").read_text().strip()
-    return replace(build(TrainJob, options), data_root=str(data / "data"), run=run)
+    """The CPU preset's TrainJob with `values` over it, trained for `seconds` (this budget
+    replaces the preset's, as a user's `--minutes` does)."""
+    dataset = (data / "version").read_text().strip()
+    options = {**values, "device": "cpu", "seed": seed, "minutes": seconds / 60}
+    job = resolve(TrainJob, {**options, "dataset": dataset}, "cpu")
+    return replace(job, data_root=str(data / "data"), run=run)
 
 
 def run_name(arm: str, seed: int, seconds: float) -> str:

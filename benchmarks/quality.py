@@ -31,13 +31,14 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.train import recipe_for
 from gan.checkpoint import load_checkpoint, save_checkpoint
+from gan.loop import Budget
 from gan.metrics.sliced_wasserstein import FLOOR_DRAWS, swd_against_real
 from gan.models import Generator, ModelConfig
 from gan.render import image_grid, save_image
@@ -109,23 +110,9 @@ ARMS: dict[str, tuple[dict, dict]] = {
 }
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What each run trains for: `seconds` of wall-clock, or `steps` generator steps if set."""
-
-    seconds: float
-    steps: int = 0
-
-    @property
-    def label(self) -> str:
-        """How run directories and records name the budget: '300s' or '2400steps'."""
-        return f"{self.steps}steps" if self.steps else f"{self.seconds:g}s"
-
-    def options(self) -> dict[str, float]:
-        """The TrainJob budget options: one budget, the other off."""
-        if self.steps:
-            return {"steps": self.steps, "minutes": 0.0}
-        return {"minutes": self.seconds / 60}
+def budget_label(budget: Budget) -> str:
+    """How run directories and records name a run's budget: '300s' or '2400steps'."""
+    return f"{budget.steps}steps" if budget.steps else f"{budget.minutes * 60:g}s"
 
 
 def arm_job(data: Path, arm: str, budget: Budget, seed: int) -> TrainJob:
@@ -134,7 +121,8 @@ def arm_job(data: Path, arm: str, budget: Budget, seed: int) -> TrainJob:
     values = {
         "dataset": (data / "version").read_text().strip(),
         "device": "cpu",
-        **budget.options(),
+        "steps": budget.steps,
+        "minutes": budget.minutes,
         "batch_size": 32,
         "ngf": 16,
         "ndf": 16,
@@ -144,12 +132,12 @@ def arm_job(data: Path, arm: str, budget: Budget, seed: int) -> TrainJob:
         **model,
     }
     job = build(TrainJob, values)
-    folder = run_dir(data, arm, budget.label, seed)
+    folder = run_dir(data, arm, budget_label(budget), seed)
     return replace(job, data_root=str(data / "data"), run=folder.name)
 
 
 def run_dir(data: Path, arm: str, budget: str, seed: int) -> Path:
-    """Where a run of `arm` for the budget labelled `budget` (Budget.label) and `seed` lives."""
+    """Where a run of `arm` for the budget labelled `budget` (budget_label) and `seed` lives."""
     return data / "data" / "runs" / f"sweep-{arm}-{budget}-s{seed}"
 
 
@@ -295,20 +283,19 @@ def _generator_file(arm: str) -> str:
     return "generator.pt" if arm == RECIPE else "checkpoint.pt"
 
 
-def _train(args: argparse.Namespace, arms: list[str], records: Path) -> list[dict]:
+def _train(args: argparse.Namespace, arms: list[str], budget: Budget, records: Path) -> list[dict]:
     """Train every (seed, arm) the records file lacks, seed-major; return all records."""
     done = _finished(records, args.data)
-    budget = Budget(args.seconds, args.steps)
     runs = []
     for seed in range(args.seeds):  # seed-major: machine load hits every arm alike
         for arm in arms:
             if (arm, seed) not in done:
                 if arm == RECIPE:
-                    out = run_dir(args.data, arm, budget.label, seed)
+                    out = run_dir(args.data, arm, budget_label(budget), seed)
                     record = train_recipe(args.data / "imagefolder", args.seconds, seed, out)
                 else:
                     record = train_ours(args.data, arm, budget, seed)
-                done[arm, seed] = {**record, "budget": budget.label}
+                done[arm, seed] = {**record, "budget": budget_label(budget)}
                 _save(records, [done[arm, seed]])
                 print(json.dumps(record), flush=True)
             runs.append(done[arm, seed])
@@ -351,9 +338,9 @@ def main() -> None:
         parser.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
     if args.steps and RECIPE in arms:
         parser.error("--steps: the recipe trains for --seconds only; leave it out of --arms")
-    budget = Budget(args.seconds, args.steps)
-    records = args.records or args.data / f"sweep-{budget.label}.jsonl"
-    runs = _train(args, arms, records)
+    budget = Budget(steps=args.steps) if args.steps else Budget(minutes=args.seconds / 60)
+    records = args.records or args.data / f"sweep-{budget_label(budget)}.jsonl"
+    runs = _train(args, arms, budget, records)
     root = args.data / "data"
     version = DatasetVersion(root / "datasets" / (args.data / "version").read_text().strip())
     strips = {split: load_strips(version, split, 10**6, 0)[0] for split in ("val", "train")}
@@ -377,7 +364,7 @@ def main() -> None:
         },
         "threads": args.threads,
         "threads_note": THREADS_NOTE,
-        "budget": budget.label,
+        "budget": budget_label(budget),
         "order": "seed-major: every arm's seed 0, then every arm's seed 1, ...",
         "val_strips": len(strips["val"]),
         "samples": args.samples,

@@ -28,7 +28,7 @@ from shards.publish import check_url
 from shards.retention import check_keep
 from shards.split import SplitConfig
 from shards.synthetic import ALL_TRAIN_VAL_CITIES, TEST_CITIES, SyntheticConfig
-from tasks.presets import PRESETS
+from tasks.presets import BUDGET, with_preset
 
 
 @dataclass(frozen=True)
@@ -148,5 +148,5 @@ class PipelineJob:
     """
 
     prepare: PrepareJob = field(default_factory=PrepareJob)
-    job: TrainJob = field(default_factory=lambda: TrainJob(steps=PRESETS["cpu"]["steps"]))
+    job: TrainJob = field(default_factory=lambda: TrainJob(**with_preset("cpu", {}, set(BUDGET))))
     evaluation: EvalConfig = field(default_factory=EvalConfig)

@@ -12,6 +12,7 @@ from benchmarks import prepare as prepare_bench
 from benchmarks import quality as quality_bench
 from benchmarks import step as step_bench
 from benchmarks import train as train_bench
+from gan.loop import Budget
 from gan.models import NearestUpConv
 
 
@@ -92,8 +93,8 @@ def test_quality_sweep_trains_for_steps_or_seconds_and_names_runs_by_that_budget
     tmp_path, monkeypatch
 ):
     (tmp_path / "version").write_text("v1\n")
-    by_steps = quality_bench.arm_job(tmp_path, "smooth", quality_bench.Budget(300, 2400), 0)
-    by_time = quality_bench.arm_job(tmp_path, "smooth", quality_bench.Budget(300), 0)
+    by_steps = quality_bench.arm_job(tmp_path, "smooth", Budget(steps=2400), 0)
+    by_time = quality_bench.arm_job(tmp_path, "smooth", Budget(minutes=5.0), 0)
     assert (by_steps.steps, by_steps.minutes) == (2400, 0.0)
     assert (by_time.steps, by_time.minutes) == (0, 5.0)
     assert (by_steps.run, by_time.run) == ("sweep-smooth-2400steps-s0", "sweep-smooth-300s-s0")
