@@ -1,4 +1,4 @@
-"""Shared fixtures: one temporary Prefect API for the whole session."""
+"""Shared fixtures (one temporary Prefect API per worker) and the suite's scheduling."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Set before torch is imported, so it holds here and in every child process the tests
+# start: their tensors are tiny, a second OpenMP thread only adds synchronisation, and
+# on a busy 2-core box (two xdist workers keep it busy) it made small ops 10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    """The tests' tensors are tiny: a second OpenMP thread only adds synchronisation, and
-    on a busy 2-core box made small ops 10-100x slower. (Subprocesses are unaffected.)"""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow (end-to-end) tests first: xdist's `load` scheduling then hands them out
+    longest-first, and the quick tests fill the gaps instead of a slow one running alone
+    at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
