@@ -15,9 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow (end-to-end) tests first: xdist's `load` scheduling then hands them out
-    longest-first, and the quick tests fill the gaps instead of a slow one running alone
-    at the end."""
+    """Slow (end-to-end) tests first: with `--maxschedchunk 1` xdist hands them out
+    one by one to whichever worker is free, and the quick tests fill the gaps instead of
+    a slow one running alone at the end. (Without it, `load` gives the first worker a
+    quarter of the suite at once, so all slow tests would run on one worker.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
