@@ -21,11 +21,16 @@ import pytest
 import torch
 
 from gan.checkpoint import load_checkpoint
+from gan.loop import LoopConfig
+from gan.models import ModelConfig
 from shards.dataset import resolve_version
 from shards.layout import DataLayout
+from shards.loader import LoaderConfig
 from shards.verify import verify_dataset
+from tasks.train import TrainJob, train_model
 from tests.msls_builder import two_city_source
 from tests.processes import after_seconds, never, prepare_args, run_until
+from tests.tiny import build_dataset, tiny_job
 
 PREPARE_KILLS = 16
 TRAIN_KILLS = 6
@@ -33,17 +38,21 @@ TRAIN_KILLS = 6
 TRAIN = """
 import sys
 from pathlib import Path
-from gan.loop import LoopConfig
-from gan.models import ModelConfig
-from shards.loader import LoaderConfig
 from tasks.train import train_model
-from tests.tiny import tiny_job
-root, run, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
-train_model(tiny_job(Path(root), steps=36, run=run, resume=run if resume else "",
-                     model=ModelConfig(nz=32, ngf=16, ndf=16),
-                     loader=LoaderConfig(cache="none", workers=0),
-                     loop=LoopConfig(log_every=1, checkpoint_every=3)))
+from tests.test_crashes import crash_job
+train_model(crash_job(Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "resume"))
 """
+
+
+def crash_job(data_root: Path, run: str, resume: bool) -> TrainJob:
+    """36 steps of a width-16 DCGAN logging every step and checkpointing every 3: the run
+    the kills interrupt (in a child, TRAIN) and its uninterrupted reference."""
+    return tiny_job(
+        data_root, steps=36, run=run, resume=run if resume else "",
+        model=ModelConfig(nz=32, ngf=16, ndf=16),
+        loader=LoaderConfig(cache="none", workers=0),
+        loop=LoopConfig(log_every=1, checkpoint_every=3),
+    )  # fmt: skip
 
 
 def timed(args: list[str]) -> float:
@@ -159,11 +168,9 @@ def after_a_new_checkpoint(run_dir: Path, extra: float) -> Callable[[float], boo
 
 @pytest.mark.slow
 def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights(tmp_path):
-    from tests.tiny import build_dataset
-
     data_root = build_dataset(tmp_path)
     runs = DataLayout.at(data_root).runs
-    assert not run_until(train_args(data_root, "straight", resume=False), never)
+    train_model(crash_job(data_root, "straight", resume=False))  # the reference, in-process
     rng, kinds, kills, steps_seen = random.Random(3), Counter(), 0, []
     while kills < TRAIN_KILLS:
         run_dir, before = runs / "killed", checkpoint_step(runs / "killed" / "checkpoint.pt")

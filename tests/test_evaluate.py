@@ -16,7 +16,6 @@ from gan.metrics import EvalConfig, EvalInputs, compute_metric, metric_names
 from gan.metrics.inception import NO_INCEPTION
 from gan.models import ModelConfig
 from gan.sampling import generate, interpolation_steps, load_discriminator, load_generator, slerp
-from gan.trainer import TrainConfig
 from shards.catalog import CatalogConfig
 from shards.imaging import ShardConfig
 from shards.layout import DataLayout
@@ -28,6 +27,7 @@ from tasks.report import render_report
 from tasks.train import TrainJob, train_model
 from tasks.verdicts import headline, summary_markdown, swd_verdict, training_health
 from tests.msls_builder import MslsBuilder
+from tests.tiny import TINY_TRAIN
 
 TOP_KEYS = {"schema", "checkpoint", "step", "dataset", "created", "n_samples", "metrics"}
 TOP_KEYS |= {"headline"}
@@ -54,7 +54,7 @@ def run(tmp_path_factory):
             device="cpu",
             steps=2,
             model=ModelConfig(nz=16, ngf=8, ndf=8),
-            train=TrainConfig(batch_size=8),
+            train=TINY_TRAIN,
             loader=LoaderConfig(cache="host", workers=0),
         )
     )

@@ -23,7 +23,7 @@ from gan.models import ModelConfig, build_models
 from gan.trainer import PROBE_BN_BATCHES, TrainConfig, Trainer
 from shards.layout import DataLayout
 from tasks.train import train_model
-from tests.tiny import TINY_MODEL, build_dataset, tiny_job
+from tests.tiny import TINY_MODEL, TINY_TRAIN, build_dataset, tiny_job
 
 ALL = "color,translation,cutout"
 
@@ -34,7 +34,7 @@ def data_root(tmp_path_factory):
 
 
 def trainer(**train) -> Trainer:
-    config = TrainConfig(batch_size=8, **train)
+    config = replace(TINY_TRAIN, **train)
     return Trainer(config, TINY_MODEL, resolve_accelerator("cpu"))
 
 
@@ -282,8 +282,8 @@ def test_checkpoints_carry_the_refreshed_ema_statistics(data_root):
 
 
 def test_resume_is_exact_with_every_option_on(data_root):
-    train = TrainConfig(
-        batch_size=8, diffaugment=ALL, ada_target=0.6, ada_kimg=0.05, r1_gamma=1.0, r1_every=2,
+    train = replace(
+        TINY_TRAIN, diffaugment=ALL, ada_target=0.6, ada_kimg=0.05, r1_gamma=1.0, r1_every=2,
         label_smoothing=0.1, lr_g=1e-4, lr_d=3e-4,
     )  # fmt: skip
     model = replace(TINY_MODEL, spectral_norm=True, d_norm="none", generator="upsample")

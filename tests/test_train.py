@@ -20,7 +20,7 @@ from gan.trainer import TrainConfig
 from shards.layout import DataLayout
 from shards.loader import LoaderConfig
 from tasks.train import TrainJob, train_model
-from tests.tiny import TINY_MODEL, build_dataset, tiny_job
+from tests.tiny import TINY_MODEL, TINY_TRAIN, build_dataset, tiny_job
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ CONDITIONAL = replace(TINY_MODEL, conditional="city")
 
 
 def test_conditional_resume_continues_exactly_and_records_the_cities(data_root):
-    train = TrainConfig(batch_size=8, diffaugment="color,translation", ada_target=0.6)
+    train = replace(TINY_TRAIN, diffaugment="color,translation", ada_target=0.6)
     loader = LoaderConfig(cache="host", workers=0, city_temperature=0.5)
     run = dict(model=CONDITIONAL, train=train, loader=loader)
     straight = train_model(job(data_root, steps=6, run="cond-straight", **run))
@@ -84,7 +84,7 @@ def test_conditional_resume_continues_exactly_and_records_the_cities(data_root):
 @pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
 def test_conditional_models_train_with_other_losses(data_root, loss):
     model = replace(CONDITIONAL, d_norm="layer", spectral_norm=loss == "hinge")
-    train = TrainConfig(batch_size=8, loss=loss, d_steps=2, r1_gamma=1.0, r1_every=2)
+    train = replace(TINY_TRAIN, loss=loss, d_steps=2, r1_gamma=1.0, r1_every=2)
     result = train_model(job(data_root, steps=2, train=train, model=model))
     state = load_checkpoint(result["checkpoint"])
     assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
@@ -93,8 +93,8 @@ def test_conditional_models_train_with_other_losses(data_root, loss):
 @pytest.mark.parametrize("loss", ["bce", "hinge", "wgan-gp"])
 def test_every_loss_trains(data_root, loss):
     model = replace(TINY_MODEL, d_norm="layer") if loss == "wgan-gp" else TINY_MODEL
-    train = TrainConfig(
-        batch_size=8,
+    train = replace(
+        TINY_TRAIN,
         loss=loss,
         d_steps=2 if loss == "wgan-gp" else 1,
         label_smoothing=0.1 if loss == "bce" else 0.0,
@@ -159,18 +159,17 @@ def test_gradients_are_averaged_over_ranks():
 
 @pytest.mark.slow
 def test_two_cpu_ranks_with_gloo_train_and_resume(data_root):
-    result = train_model(
-        job(data_root, steps=2, nproc=2, run="ddp", loader=LoaderConfig(cache="host", workers=0))
-    )
+    """One conditional run of two ranks, then its resume: two torchrun launches (each
+    starts three processes). Unconditional ranks run in test_track_ddp."""
+    loader = LoaderConfig(cache="host", workers=0)
+    ddp = dict(nproc=2, model=CONDITIONAL, loader=loader)
+    result = train_model(job(data_root, steps=2, run="ddp", **ddp))
     state = load_checkpoint(result["checkpoint"])
     assert state["step"] == 2 and len(state["ranks"]) == 2
     assert not torch.equal(state["ranks"][0]["rng"], state["ranks"][1]["rng"])
-    resumed = train_model(job(data_root, steps=4, nproc=2, resume="ddp"))
+    assert list(state["job"]["model"]["classes"]) == ["austin", "paris", "tokyo"]
+    resumed = train_model(job(data_root, steps=4, resume="ddp", **ddp))
     assert load_checkpoint(resumed["checkpoint"])["step"] == 4
-    conditional = train_model(
-        job(data_root, steps=2, nproc=2, model=CONDITIONAL, loader=LoaderConfig(workers=0))
-    )
-    assert load_checkpoint(conditional["checkpoint"])["job"]["model"]["classes"]
     with pytest.raises(ValueError, match="--nproc 2"):
         train_model(job(data_root, steps=6, nproc=1, resume="ddp"))
 
@@ -181,7 +180,7 @@ def always_fails(graph, example_inputs):
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(data_root):
-    train = TrainConfig(batch_size=8, compile="always_fails")
+    train = replace(TINY_TRAIN, compile="always_fails")
     with pytest.warns(
         UserWarning, match="torch.compile\\('always_fails'\\) failed, training eagerly"
     ):
@@ -191,7 +190,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(data_root):
 
 @pytest.mark.slow
 def test_compiled_training_runs(data_root):
-    train = TrainConfig(batch_size=8, compile="inductor")
+    train = replace(TINY_TRAIN, compile="inductor")
     result = train_model(job(data_root, steps=2, train=train))
     state = load_checkpoint(result["checkpoint"])
     assert not any(k.startswith("_orig_mod") for k in state["G"])  # plain module state

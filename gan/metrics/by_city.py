@@ -19,6 +19,8 @@ int64 positions in dataset.json's city list (`EvalInputs.city_names`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,9 @@ from shards.geometry import centre_window
 CLASSIFIER_SIDE = 32  # px: the classifier sees area-downsampled images (palette, layout)
 CLASSIFIER_STEPS = 300  # Adam steps of batch CLASSIFIER_BATCH (~20 s on 2 CPU cores)
 CLASSIFIER_BATCH = 64
+# At most this many passes over the train sample: binds below 960 images (a smoke-test
+# dataset), where 300 steps would go over each image hundreds of times.
+CLASSIFIER_EPOCHS = 20
 MIN_CITY_IMAGES = 2  # a city's SWD needs at least this many generated images
 
 
@@ -129,16 +134,18 @@ def train_city_classifier(
     images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int = 0
 ) -> CityClassifier:
     """The classifier fit on `images` (uint8 [N, 3, R, R]) and `labels` (int64 [N]) with
-    Adam for CLASSIFIER_STEPS seeded batches, random horizontal flips; returned in eval
-    mode on the CPU. Seeded: the same inputs give the same classifier."""
+    Adam for CLASSIFIER_STEPS seeded batches (fewer if that is over CLASSIFIER_EPOCHS
+    passes over the N images), random horizontal flips; returned in eval mode on the CPU.
+    Seeded: the same inputs give the same classifier."""
     generator = torch.Generator().manual_seed(seed + 17)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 17)
         model = CityClassifier(classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     x, y = _prepare(images), labels.cpu()
+    steps = min(CLASSIFIER_STEPS, math.ceil(CLASSIFIER_EPOCHS * len(x) / CLASSIFIER_BATCH))
     with torch.enable_grad():
-        for _ in range(CLASSIFIER_STEPS):
+        for _ in range(steps):
             index = torch.randint(0, len(x), (CLASSIFIER_BATCH,), generator=generator)
             batch = x[index]
             flip = torch.rand(len(batch), generator=generator) < 0.5
