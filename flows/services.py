@@ -8,6 +8,7 @@ fails stops the whole thing with its reason and the log file to read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from shards.atomic import write_text
 from shards.layout import DataLayout, sqlite_uri
@@ -158,18 +161,34 @@ class Services:
         _wait(f"{self.mlflow_url}/health", 120, self._log("mlflow-server"), server)
 
     def deploy(self) -> None:
-        """The work pool (process), every deployment in prefect.yaml, the training slots.
+        """The work pool (process), the training slots, every deployment in prefect.yaml.
 
         The slots are this machine's global concurrency limits, one run per accelerator
         (flows/slots.py); made here so that `prefect gcl ls` shows them from the start.
+        The pool and the slots are made through this process's client, not by two `prefect`
+        commands and a Python child (each a start-up of 5-15 s on 2 busy cores); a pool
+        that exists is kept as it is.
         """
-        pools = self._run("work-pool", [*_bin("prefect"), "work-pool", "ls"])
-        if POOL not in pools:
-            self._run(
-                "work-pool", [*_bin("prefect"), "work-pool", "create", POOL, "--type", "process"]
-            )
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectAlreadyExists
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.workers.process import ProcessWorker
+
+        from flows.slots import ensure_limits
+
+        template = ProcessWorker.get_default_base_job_template()
+        pool = WorkPoolCreate(name=POOL, type="process", base_job_template=template)
+        api = temporary_settings({PREFECT_API_URL: f"{self.prefect_url}/api"})
+        try:
+            with api, get_client(sync_client=True) as client:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_work_pool(pool)
+                ensure_limits()
+        except httpx.HTTPError as error:
+            message = f"{self.prefect_url}: work pool or slots not made ({error})"
+            raise ServiceError(message) from error
         self._run("deploy", [*_bin("prefect"), "--no-prompt", "deploy", "--all"])
-        self._run("slots", [sys.executable, "-c", "import flows.slots as s; s.ensure_limits()"])
 
     def start_worker(self) -> None:
         if "prefect-worker" in self._state() and _alive(self._state()["prefect-worker"]):
