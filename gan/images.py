@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid
 
 from gan.augment import random_window, to_uint8
 
@@ -62,6 +61,8 @@ def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = PADDING) -> I
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"need uint8 [N,3,H,W] images, got {images.dtype} {list(images.shape)}")
+    from torchvision.utils import make_grid  # on first use, as in shards/decode.py
+
     grid = make_grid(images.cpu(), nrow=max(1, min(nrow, len(images))), padding=padding)
     return Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy(), "RGB")
 

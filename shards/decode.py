@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from shards.tar import BAD_SHARD_ADVICE
 
@@ -25,6 +24,11 @@ def decode_jpegs(
     """
     if not data:
         return []
+    # imported on first use: torchvision pulls in torch._dynamo (~4 s of CPU on 2 cores),
+    # which a process that never decodes (`msls --help`, `msls ui`, the quickstart's
+    # driver) need not pay
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     device = torch.device(device)
     with warnings.catch_warnings():  # torchvision 0.29 warns on every call (TorchCodec move)
         warnings.simplefilter("ignore", DeprecationWarning)

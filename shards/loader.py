@@ -16,8 +16,8 @@ from shards.parallel import cpu_count
 # Loader workers start from a clean server process, never by forking this one: training
 # runs inside Prefect flows, whose threads and event loop do not survive a fork.
 WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-if WORKER_START == "forkserver":  # import torch and the readers once in the server
-    multiprocessing.set_forkserver_preload(["shards.reader"])
+if WORKER_START == "forkserver":  # torch, the readers and the JPEG decoder, once, in the server
+    multiprocessing.set_forkserver_preload(["shards.reader", "torchvision.io"])
 
 CACHES = ("auto", "none", "host", "device")
 MAX_AUTO_WORKERS = 8
