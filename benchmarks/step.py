@@ -4,6 +4,10 @@
 identical trainer (same seed, same weights, the same arithmetic):
 - "materialised": G's upsample stages as nn.Sequential(nn.Upsample, nn.Conv2d) carrying
   the same weight, instead of the equivalent sub-pixel conv (gan.models.NearestUpConv);
+- "folded-3x3": that sub-pixel conv as it was first written, each phase a 3x3 kernel
+  (5 of its 9 taps zero) over the original image, instead of NearestUpConv's 2x2;
+- "index-translation": DiffAugment's translation as advanced indexing of the padded
+  image instead of one gather (gan.augment);
 - "d-grads": D left trainable through G's update, so its weight gradients are computed
   there and thrown away, instead of a frozen D.
 The arms train on the same random strips and alternate in rounds (`--rounds` of
@@ -16,15 +20,20 @@ result is each arm's median step time and ours as a ratio of it. No data loading
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from gan import augment
 from gan.accelerators import resolve_accelerator
 from gan.models import NearestUpConv
 from gan.trainer import Trainer
@@ -32,32 +41,80 @@ from shards.options import build
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 
-ARMS = ("ours", "materialised", "d-grads")
+ARMS = ("ours", "materialised", "folded-3x3", "index-translation", "d-grads")
 
 
-def materialise_upsampling(generator: nn.Module) -> None:
-    """Swap each NearestUpConv of `generator` for Upsample + Conv2d with its weight, in place."""
+def materialised(module: NearestUpConv) -> nn.Module:
+    """Upsample + Conv2d sharing `module`'s weight: the x2 image built, 9 taps per pixel."""
+    conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
+    conv.weight = module.weight
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+
+
+class FoldedNearestUpConv(NearestUpConv):
+    """NearestUpConv's first form: the 3x3 taps folded into one 3x3 kernel per phase
+    (padding 1), 9 multiply-adds per phase pixel where 4 are non-zero, then pixel_shuffle."""
+
+    def __init__(self, module: NearestUpConv) -> None:
+        super().__init__(module.in_channels, module.out_channels)
+        self.weight = module.weight
+        taps = torch.zeros(2, 2, 3, 3, 3, 3)
+        for i, j, dy, dx in itertools.product(range(2), range(2), range(3), range(3)):
+            taps[i, j, (i + dy - 1) // 2 + 1, (j + dx - 1) // 2 + 1, dy, dx] = 1.0
+        self.taps = taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folded = torch.einsum("ijrsde,ocde->oijcrs", self.taps.to(self.weight), self.weight)
+        weight = folded.reshape(4 * self.out_channels, self.in_channels, 3, 3)
+        return F.pixel_shuffle(F.conv2d(x, weight.to(x.dtype), padding=1), 2)
+
+
+def swap_upsampling(
+    generator: nn.Module, replacement: Callable[[NearestUpConv], nn.Module]
+) -> None:
+    """Replace each NearestUpConv of `generator` by `replacement(it)`, in place."""
     for name, module in list(generator.named_modules()):
-        if isinstance(module, NearestUpConv):
-            conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
-            conv.weight = module.weight
+        if type(module) is NearestUpConv:
             parent, _, child = name.rpartition(".")
-            generator.get_submodule(parent).register_module(
-                child, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
-            )
+            generator.get_submodule(parent).register_module(child, replacement(module))
+
+
+def index_translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """DiffAugment's translation as first written: advanced indexing of the padded image,
+    a [B, H, W, C] result permuted back (the same shifts and draws as gan.augment's)."""
+    rows, cols = augment.shifted_positions(x, generator)
+    samples = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    padded = F.pad(x, (1, 1, 1, 1))
+    return padded[samples, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def trainer_for(preset: str, arm: str = "ours") -> Trainer:
     """A fresh trainer of `preset` on the CPU (same seed, so the same initial weights),
-    computing its step the way `arm` names (ARMS)."""
+    computing its step the way `arm` names (ARMS; "index-translation" needs `arm_context`)."""
     job = build(TrainJob, {**preset_values(preset, "cpu"), "device": "cpu"})
     trainer = Trainer(job.train, job.model, resolve_accelerator("cpu"))
-    if arm == "materialised":
+    if arm in ("materialised", "folded-3x3"):
+        replacement = materialised if arm == "materialised" else FoldedNearestUpConv
         for generator in (trainer.G, trainer.ema.model):
-            materialise_upsampling(generator)
+            swap_upsampling(generator, replacement)
     elif arm == "d-grads":  # G's update can no longer freeze D: it stays trainable
         trainer.D.requires_grad_ = lambda requires_grad=True: trainer.D
     return trainer
+
+
+@contextlib.contextmanager
+def arm_context(arm: str) -> Iterator[None]:
+    """Where `arm` runs: DiffAugment's translation swapped for the indexing form inside
+    "index-translation" (a module-level table, so only while that arm's steps run)."""
+    if arm != "index-translation":
+        yield
+        return
+    ours = augment._TRANSFORMS["translation"]
+    augment._TRANSFORMS["translation"] = index_translation
+    try:
+        yield
+    finally:
+        augment._TRANSFORMS["translation"] = ours
 
 
 def time_steps(trainer: Trainer, batch: list[tuple[torch.Tensor, ...]], steps: int) -> float:
@@ -83,11 +140,13 @@ def main() -> None:
     strips = torch.randint(0, 256, (batch_size, 3, size, 2 * size), dtype=torch.uint8)
     batch = [(strips, torch.zeros(batch_size, dtype=torch.int64))]
     times: dict[str, list[float]] = {name: [] for name in arms}
-    for trainer in arms.values():
-        time_steps(trainer, batch, 5)  # warm-up: allocator, oneDNN primitives
+    for name, trainer in arms.items():
+        with arm_context(name):
+            time_steps(trainer, batch, 5)  # warm-up: allocator, oneDNN primitives
     for _ in range(args.rounds):
         for name, trainer in arms.items():
-            times[name].append(time_steps(trainer, batch, args.steps))
+            with arm_context(name):
+                times[name].append(time_steps(trainer, batch, args.steps))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "benchmark": "step",

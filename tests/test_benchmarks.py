@@ -12,6 +12,7 @@ from benchmarks import prepare as prepare_bench
 from benchmarks import quality as quality_bench
 from benchmarks import step as step_bench
 from benchmarks import train as train_bench
+from gan import augment
 from gan.loop import Budget
 from gan.models import NearestUpConv
 
@@ -43,24 +44,43 @@ def test_train_benchmark_sets_up_and_runs_one_step(tmp_path, monkeypatch):
 
 
 def test_step_benchmark_arms_compute_the_same_step_their_own_way(tmp_path, monkeypatch):
-    ours, materialised, d_grads = (step_bench.trainer_for("cpu", arm) for arm in step_bench.ARMS)
+    arms = {arm: step_bench.trainer_for("cpu", arm) for arm in step_bench.ARMS}
+    ours = arms["ours"]
     z = torch.randn(4, ours.model_config.nz)
-    torch.testing.assert_close(materialised.G(z), ours.G(z), rtol=1e-4, atol=1e-5)
-    assert not any(isinstance(m, NearestUpConv) for m in materialised.G.modules())
+    for arm in ("materialised", "folded-3x3"):
+        torch.testing.assert_close(arms[arm].G(z), ours.G(z), rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, NearestUpConv) for m in arms["materialised"].G.modules())
+    folded = [m for m in arms["folded-3x3"].G.modules() if isinstance(m, NearestUpConv)]
+    assert folded and all(type(m) is step_bench.FoldedNearestUpConv for m in folded)
     strips = torch.randint(0, 256, (16, 3, 64, 128), dtype=torch.uint8)
     batch = [(strips, torch.zeros(16, dtype=torch.int64))]
-    for trainer in (ours, d_grads):
-        trainer.train_step(batch)
-    torch.testing.assert_close(list(d_grads.G.parameters()), list(ours.G.parameters()))
-    assert all(p.grad is not None for p in d_grads.D.parameters())
+    for arm, trainer in arms.items():
+        with step_bench.arm_context(arm):
+            trainer.train_step(batch)
+    assert augment._TRANSFORMS["translation"] is augment._translation  # restored
+    for arm in ("index-translation", "d-grads"):
+        torch.testing.assert_close(list(arms[arm].G.parameters()), list(ours.G.parameters()))
+    assert all(p.grad is not None for p in arms["d-grads"].D.parameters())
     assert not all(
-        torch.equal(a.grad, b.grad) for a, b in zip(d_grads.D.parameters(), ours.D.parameters())
+        torch.equal(a.grad, b.grad)
+        for a, b in zip(arms["d-grads"].D.parameters(), ours.D.parameters())
     )
     out = tmp_path / "step.json"
     run(step_bench, ["--rounds", "1", "--steps", "1", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert set(result["ms_per_step"]) == set(step_bench.ARMS)
-    assert set(result["ratio_ours_to"]) == {"materialised", "d-grads"}
+    assert set(result["ratio_ours_to"]) == set(step_bench.ARMS) - {"ours"}
+
+
+def test_step_benchmark_index_translation_draws_the_same_shifts_as_ours():
+    x = torch.randn(8, 3, 64, 64, requires_grad=True)
+    ours = augment._translation(x, torch.Generator().manual_seed(5))
+    indexed = step_bench.index_translation(x, torch.Generator().manual_seed(5))
+    assert torch.equal(indexed, ours)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(
+        torch.autograd.grad(indexed, x, grad)[0], torch.autograd.grad(ours, x, grad)[0]
+    )
 
 
 @pytest.mark.slow
