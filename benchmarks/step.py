@@ -4,8 +4,6 @@
 identical trainer (same seed, same weights, the same arithmetic):
 - "materialised": G's upsample stages as nn.Sequential(nn.Upsample, nn.Conv2d) carrying
   the same weight, instead of the equivalent sub-pixel conv (gan.models.NearestUpConv);
-- "folded-3x3": that sub-pixel conv as it was first written, each phase a 3x3 kernel
-  (5 of its 9 taps zero) over the original image, instead of NearestUpConv's 2x2;
 - "index-translation": DiffAugment's translation as advanced indexing of the padded
   image instead of one gather (gan.augment);
 - "d-grads": D left trainable through G's update, so its weight gradients are computed
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import platform
 import statistics
@@ -41,7 +38,7 @@ from shards.options import build
 from tasks.jobs import TrainJob
 from tasks.presets import preset_values
 
-ARMS = ("ours", "materialised", "folded-3x3", "index-translation", "d-grads")
+ARMS = ("ours", "materialised", "index-translation", "d-grads")
 
 
 def materialised(module: NearestUpConv) -> nn.Module:
@@ -49,24 +46,6 @@ def materialised(module: NearestUpConv) -> nn.Module:
     conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
     conv.weight = module.weight
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
-
-
-class FoldedNearestUpConv(NearestUpConv):
-    """NearestUpConv's first form: the 3x3 taps folded into one 3x3 kernel per phase
-    (padding 1), 9 multiply-adds per phase pixel where 4 are non-zero, then pixel_shuffle."""
-
-    def __init__(self, module: NearestUpConv) -> None:
-        super().__init__(module.in_channels, module.out_channels)
-        self.weight = module.weight
-        taps = torch.zeros(2, 2, 3, 3, 3, 3)
-        for i, j, dy, dx in itertools.product(range(2), range(2), range(3), range(3)):
-            taps[i, j, (i + dy - 1) // 2 + 1, (j + dx - 1) // 2 + 1, dy, dx] = 1.0
-        self.taps = taps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        folded = torch.einsum("ijrsde,ocde->oijcrs", self.taps.to(self.weight), self.weight)
-        weight = folded.reshape(4 * self.out_channels, self.in_channels, 3, 3)
-        return F.pixel_shuffle(F.conv2d(x, weight.to(x.dtype), padding=1), 2)
 
 
 def swap_upsampling(
@@ -93,10 +72,9 @@ def trainer_for(preset: str, arm: str = "ours") -> Trainer:
     computing its step the way `arm` names (ARMS; "index-translation" needs `arm_context`)."""
     job = build(TrainJob, {**preset_values(preset, "cpu"), "device": "cpu"})
     trainer = Trainer(job.train, job.model, resolve_accelerator("cpu"))
-    if arm in ("materialised", "folded-3x3"):
-        replacement = materialised if arm == "materialised" else FoldedNearestUpConv
+    if arm == "materialised":
         for generator in (trainer.G, trainer.ema.model):
-            swap_upsampling(generator, replacement)
+            swap_upsampling(generator, materialised)
     elif arm == "d-grads":  # G's update can no longer freeze D: it stays trainable
         trainer.D.requires_grad_ = lambda requires_grad=True: trainer.D
     return trainer

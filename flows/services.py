@@ -28,6 +28,7 @@ from tasks.mlflow_store import StoreError, ready_store
 REPO = Path(__file__).resolve().parent.parent
 POOL = "msls-local"
 DEPLOYMENT = "msls-train/msls-train"
+STOP_GRACE = 20.0  # seconds a service has to exit on SIGTERM before its group is killed
 
 
 class ServiceError(RuntimeError):
@@ -222,20 +223,57 @@ class Services:
             )
 
     def stop(self) -> list[str]:
-        """End every service this data root started; returns their names."""
-        stopped = []
-        for name, pid in self._state().items():
-            if _alive(pid):
-                os.killpg(pid, signal.SIGTERM)
-                stopped.append(name)
+        """End every service this data root started; returns their names.
+
+        Each service's process group (the server and its workers) gets SIGTERM, then up
+        to STOP_GRACE seconds to exit; what is left of a group then gets SIGKILL. So
+        `msls stop` returns with every process gone, not with a server still shutting
+        down (MLflow's gunicorn alone may take its 30 s graceful timeout) or one that
+        ignored the signal, holding its port against the next quickstart.
+        """
+        stopped = {name: pid for name, pid in self._state().items() if _alive(pid)}
+        for pid in stopped.values():
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while any(map(_group_alive, stopped.values())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in stopped.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
-        return stopped
+        return list(stopped)
 
 
 def _bin(name: str) -> list[str]:
     """The command of this environment's `prefect` or `mlflow` (beside this Python)."""
     path = Path(sys.executable).parent / name
     return [str(path)] if path.exists() else [name]
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs. A zombie does not count: a leader
+    whose starter has exited waits to be reaped by init, which may never do it here, so
+    `os.killpg(pgid, 0)` would see the group for the whole grace period. Linux reads
+    /proc; elsewhere the signal test stands (reaping the leader first if it is ours)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        return any(_runs_in_group(stat, pgid) for stat in proc.glob("[0-9]*/stat"))
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _runs_in_group(stat: Path, pgid: int) -> bool:
+    """/proc/PID/stat of a live (not zombie) process of group `pgid`."""
+    try:
+        state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+    except (OSError, ValueError):  # gone meanwhile
+        return False
+    return group == str(pgid) and state != "Z"
 
 
 def _alive(pid: int) -> bool:

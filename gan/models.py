@@ -116,17 +116,12 @@ def _up(cin: int, cout: int, kind: str) -> nn.Module:
 
 
 def _phase_taps() -> torch.Tensor:
-    """0/1 float [2, 2, 2, 2, 3, 3]: taps[i, j, r, s, dy, dx] = 1 where tap (dy, dx) of a
-    3x3 kernel over the nearest-x2 image reads the original pixel that tap (r, s) of a
-    2x2 kernel (padding 1) reads for the output pixel of phase (i, j).
-
-    Over the x2 image a 3x3 window covers only 2x2 original pixels: rows (y - 1, y) for
-    even output rows, (y, y + 1) for odd ones (the same for columns). A 2x2 conv with
-    padding 1 puts the first at output row y and the second at y + 1.
-    """
-    taps = torch.zeros(2, 2, 2, 2, 3, 3)
+    """0/1 float [2, 2, 3, 3, 3, 3]: taps[i, j, r, s, dy, dx] = 1 where tap (dy, dx) of a
+    3x3 kernel over the nearest-x2 image reads pixel (r - 1, s - 1) of the original,
+    relative to the output's source pixel, for the output pixel of phase (i, j)."""
+    taps = torch.zeros(2, 2, 3, 3, 3, 3)
     for i, j, dy, dx in itertools.product(range(2), range(2), range(3), range(3)):
-        taps[i, j, (i + dy - 1) // 2 + 1 - i, (j + dx - 1) // 2 + 1 - j, dy, dx] = 1.0
+        taps[i, j, (i + dy - 1) // 2 + 1, (j + dx - 1) // 2 + 1, dy, dx] = 1.0
     return taps
 
 
@@ -135,14 +130,12 @@ class NearestUpConv(nn.Conv2d):
     [B, cout, 2H, 2W], computed without the upsampled image.
 
     Each of the four output phases (even/odd row and column) of that composite is a
-    2x2 conv of the original image with the 3x3 taps folded together (the sub-pixel
-    convolution of Shi et al. 2016). One conv to 4 * cout channels, each phase's
-    window cut from its (H + 1) x (W + 1) output and the phases interleaved, gives the
-    composite's output to float rounding at under half its multiply-adds (4 taps per
-    phase instead of 9; the x2 image is never built or kept for backward). Measured on
-    2 CPU cores at width 16 (benchmarks/step.py): see the README's performance notes.
-    The weight is the plain conv's [cout, cin, 3, 3], so initialisation and
-    checkpoints are unchanged.
+    3x3 conv of the original image with the taps folded together, so one conv to
+    4 * cout channels at H x W followed by pixel_shuffle (the sub-pixel convolution of
+    Shi et al. 2016) gives the same output to float rounding. The upsampled image is
+    never built or kept for backward: measured on 2 CPU cores at width 16, a cpu-preset
+    step takes 0.86-0.92x the time (benchmarks/step.py). The weight is the plain conv's
+    [cout, cin, 3, 3], so initialisation and checkpoints are unchanged.
     """
 
     def __init__(self, cin: int, cout: int) -> None:
@@ -150,15 +143,9 @@ class NearestUpConv(nn.Conv2d):
         self.register_buffer("taps", _phase_taps(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, h, w = x.shape
-        folded = torch.einsum("ijrsde,ocde->ijocrs", self.taps.to(self.weight), self.weight)
-        weight = folded.reshape(4 * self.out_channels, self.in_channels, 2, 2).to(x.dtype)
-        phases = F.conv2d(x, weight, padding=1).unflatten(1, (2, 2, self.out_channels))
-        rows = [
-            torch.stack([phases[:, i, j, :, i : i + h, j : j + w] for j in (0, 1)], dim=-1)
-            for i in (0, 1)
-        ]  # row phase i: [B, cout, H, W, 2 column phases]
-        return torch.stack(rows, dim=3).reshape(batch, self.out_channels, 2 * h, 2 * w)
+        folded = torch.einsum("ijrsde,ocde->oijcrs", self.taps.to(self.weight), self.weight)
+        weight = folded.reshape(4 * self.out_channels, self.in_channels, 3, 3)
+        return F.pixel_shuffle(F.conv2d(x, weight.to(x.dtype), padding=1), 2)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Checkpoints before this module held the stage as Sequential(Upsample, Conv2d).

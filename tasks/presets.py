@@ -25,7 +25,7 @@ name instead of repeating numbers.
   quickstart budget) bought on the AVX-512 cores of the sweeps (2,422-2,590 steps), where
   one-seed runs of 120 s scored 2.47 / 2.27 / 2.61x. An AVX2-only 2-core EPYC steps 2.3x
   slower: 2 minutes there bought ~1,240 steps and 3.91 ± 0.32x with noisy, checkered
-  samples (quality-cpu-120s-avx2.json), 2,400 steps 2.71 ± 0.28x in 3.7 quiet minutes
+  samples (quality-cpu-120s-avx2.json), 2,400 steps 2.67 ± 0.16x in 3.7 minutes
   (quality-cpu-2400steps-avx2.json). A step budget gives every CPU the same model.
 - `gpu`: the paper's width at batch 256 (the CUDA-graphed step is not launch-bound
   there), label smoothing 0.1 and the upsample+conv G (the CPU sweep's winners), plus

@@ -47,11 +47,8 @@ def test_step_benchmark_arms_compute_the_same_step_their_own_way(tmp_path, monke
     arms = {arm: step_bench.trainer_for("cpu", arm) for arm in step_bench.ARMS}
     ours = arms["ours"]
     z = torch.randn(4, ours.model_config.nz)
-    for arm in ("materialised", "folded-3x3"):
-        torch.testing.assert_close(arms[arm].G(z), ours.G(z), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(arms["materialised"].G(z), ours.G(z), rtol=1e-4, atol=1e-5)
     assert not any(isinstance(m, NearestUpConv) for m in arms["materialised"].G.modules())
-    folded = [m for m in arms["folded-3x3"].G.modules() if isinstance(m, NearestUpConv)]
-    assert folded and all(type(m) is step_bench.FoldedNearestUpConv for m in folded)
     strips = torch.randint(0, 256, (16, 3, 64, 128), dtype=torch.uint8)
     batch = [(strips, torch.zeros(16, dtype=torch.int64))]
     for arm, trainer in arms.items():

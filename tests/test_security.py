@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import io
 import json
@@ -36,6 +37,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows import services as services_module
 from flows.services import POOL, REPO, Services
 from flows.services import _wait as wait_until_healthy
 from shards.layout import DataLayout
@@ -163,6 +165,8 @@ def msls_ui(data_root: Path, port: int, log: Path) -> Iterator[int]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):  # its server's workers, as `stop` does
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _stop_and_wait(services: Services, pids: set[int], seconds: float = 30) -> list[str]:
@@ -183,6 +187,42 @@ def _assert_reader_sees_wildcards() -> None:
         with socket.create_server(("::", 0), family=socket.AF_INET6) as wide6:
             port = wide6.getsockname()[1]
             assert (os.getpid(), "::", port) in listeners([os.getpid()])
+
+
+# A "server" that ignores SIGTERM and has a worker child doing the same.
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+
+
+def test_stop_kills_a_service_group_that_outlives_its_grace(tmp_path, monkeypatch):
+    """`msls stop` returns with every process of a service gone, even one (and its
+    worker) that ignores SIGTERM: after STOP_GRACE the group gets SIGKILL."""
+    monkeypatch.setattr(services_module, "STOP_GRACE", 1.0)
+    services = Services(DataLayout.at(tmp_path / "data"))
+    server = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN, IGNORE_TERM],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    worker = int(server.stdout.readline())
+    services.state_file.parent.mkdir(parents=True, exist_ok=True)
+    services.state_file.write_text(json.dumps({"mlflow-server": server.pid}))
+    started = time.monotonic()
+    assert services.stop() == ["mlflow-server"]
+    assert time.monotonic() - started < 10
+    assert server.wait(timeout=5) == -signal.SIGKILL  # after ignoring SIGTERM
+    assert not services.state_file.exists()
+    deadline = time.monotonic() + 5  # the orphaned worker is reaped by init, not by us
+    while running([worker]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running([worker])
 
 
 @pytest.mark.slow
