@@ -23,7 +23,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -41,21 +41,16 @@ from tasks.presets import preset_values
 ARMS = ("ours", "materialised", "index-translation", "d-grads")
 
 
-def materialised(module: NearestUpConv) -> nn.Module:
-    """Upsample + Conv2d sharing `module`'s weight: the x2 image built, 9 taps per pixel."""
-    conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
-    conv.weight = module.weight
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
-
-
-def swap_upsampling(
-    generator: nn.Module, replacement: Callable[[NearestUpConv], nn.Module]
-) -> None:
-    """Replace each NearestUpConv of `generator` by `replacement(it)`, in place."""
+def materialise_upsampling(generator: nn.Module) -> None:
+    """Swap each NearestUpConv of `generator` for Upsample + Conv2d with its weight, in place."""
     for name, module in list(generator.named_modules()):
-        if type(module) is NearestUpConv:
+        if isinstance(module, NearestUpConv):
+            conv = nn.Conv2d(module.in_channels, module.out_channels, 3, 1, 1, bias=False)
+            conv.weight = module.weight
             parent, _, child = name.rpartition(".")
-            generator.get_submodule(parent).register_module(child, replacement(module))
+            generator.get_submodule(parent).register_module(
+                child, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+            )
 
 
 def index_translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -74,7 +69,7 @@ def trainer_for(preset: str, arm: str = "ours") -> Trainer:
     trainer = Trainer(job.train, job.model, resolve_accelerator("cpu"))
     if arm == "materialised":
         for generator in (trainer.G, trainer.ema.model):
-            swap_upsampling(generator, materialised)
+            materialise_upsampling(generator)
     elif arm == "d-grads":  # G's update can no longer freeze D: it stays trainable
         trainer.D.requires_grad_ = lambda requires_grad=True: trainer.D
     return trainer
