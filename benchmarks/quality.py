@@ -125,6 +125,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "batch_size": 8},
         {"generator": "upsample"},
     ),
+    # Screened 2026-12-02 (second series), seed 0, 300 s, same cores: 2.54x. The series'
+    # Lookahead-minmax and G noise-input prototypes are in quality-cpu-300s-avx2-screen2.json.
+    "upsample-ada-tc-b16-ttur-adam0-lr2x-hinge": (
+        {**ADAM0_LR2X, "loss": "hinge", "label_smoothing": 0.0},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
