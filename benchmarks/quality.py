@@ -131,6 +131,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "loss": "hinge", "label_smoothing": 0.0},
         {"generator": "upsample"},
     ),
+    "smooth-upsample-ada-t-b16-ttur-adam0-lr2x": (  # no cutout: 2.48x, the same series
+        {**ADAM0_LR2X, "diffaugment": "translation"},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
