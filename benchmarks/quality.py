@@ -135,6 +135,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "diffaugment": "translation"},
         {"generator": "upsample"},
     ),
+    "smooth-upsample-ada-tc-b16-adam0-lr2x-g8x": (  # G eight times faster than D: 2.86x
+        {**ADAM0_LR2X, "lr_g": 3.2e-3},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
