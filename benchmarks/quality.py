@@ -104,15 +104,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {"generator": "upsample"},
     ),
     "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x": (ADAM0_LR2X, {"generator": "upsample"}),
-    # Screened 2026-12-02, seed 0, 300 s on 2 AVX2 cores (the two above: 2.75 and 2.44x):
+    # Screened 2026-12-02, seed 0, 300 s on 2 AVX2 cores (for seed 0 the preset, arm
+    # smooth-upsample-ada-tc-b16-ttur, scored 2.75x and the arm above 2.44x):
     "smooth-upsample-ada-tc-b16-ttur-d8": (  # a weaker D: 3.91x
         {**TTUR_TC, "batch_size": 16},
         {"generator": "upsample", "ndf": 8},
     ),
-    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-d8": (
+    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-d8": (  # 2.49x
         ADAM0_LR2X,
         {"generator": "upsample", "ndf": 8},
-    ),  # 2.49x
+    ),
     "smooth-upsample-ada-tc-b16-ttur-adam0-lr4x": (  # 2.54x
         {**ADAM0_LR2X, "lr_g": 3.2e-3, "lr_d": 8e-4},
         {"generator": "upsample"},
