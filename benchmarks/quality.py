@@ -140,6 +140,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "lr_g": 3.2e-3},
         {"generator": "upsample"},
     ),
+    # Third series, same cores: 2.70x (recorded as proto-lr2x-r1 in
+    # quality-cpu-300s-avx2-screen3.json, beside that series' prototypes).
+    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-r1": (
+        {**ADAM0_LR2X, "r1_gamma": 1.0},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
