@@ -101,7 +101,7 @@ def fit(
     started, before = time.perf_counter(), trainer.seconds  # a resumed run adds to its time
     while not _should_stop(budget, trainer.step, time.perf_counter() - started, loop, trainer):
         wait = time.perf_counter()
-        drawn = [next(batches) for _ in range(trainer.config.d_steps)]
+        drawn = [next(batches) for _ in range(trainer.config.critic_steps)]
         window.add_wait(time.perf_counter() - wait, sum(images.shape[0] for images, _ in drawn))
         window.add(trainer.train_step(drawn))
         trainer.seconds = before + time.perf_counter() - started

@@ -95,14 +95,12 @@ class TrainConfig:
                           "A backend that fails falls back to eager with a warning.")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.d_steps == 0:  # the critic steps follow the objective (WGAN-GP: 5)
-            object.__setattr__(self, "d_steps", 5 if self.loss == "wgan-gp" else 1)
         rules = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr_g > 0 and self.lr_d > 0, "learning rates lr_g and lr_d must be > 0"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
             (0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
-            (self.d_steps >= 1, f"d_steps must be >= 1, got {self.d_steps}"),
+            (self.d_steps >= 0, f"d_steps must be >= 0 (0: auto), got {self.d_steps}"),
             (self.r1_gamma >= 0, f"r1_gamma must be >= 0, got {self.r1_gamma}"),
             (self.r1_every >= 1, f"r1_every must be >= 1, got {self.r1_every}"),
             (0 <= self.ada_target < 1, f"ada_target must be in [0, 1), got {self.ada_target}"),
@@ -116,6 +114,13 @@ class TrainConfig:
                 raise ValueError(message)
         make_loss(self.loss, self.label_smoothing)  # bad names or combinations fail here
         parse_policy(self.diffaugment)
+
+    @property
+    def critic_steps(self) -> int:
+        """D updates per G update: `d_steps`, or where it is 0 (auto) what the objective
+        needs (WGAN-GP's 5, Gulrajani et al. 2017; else 1). Resolved here, not stored, so
+        `dataclasses.replace(config, loss=...)` re-derives it."""
+        return self.d_steps or (5 if self.loss == "wgan-gp" else 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -184,7 +189,7 @@ class Trainer:
         return images.contiguous(memory_format=self.memory_format)
 
     def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One G update after `d_steps` D updates, one per (uint8 strips [B, 3, R, W],
+        """One G update after `critic_steps` D updates, one per (uint8 strips [B, 3, R, W],
         city int64 [B]) batch; returns METRICS as a device tensor.
 
         The step itself (`_step`) runs from a CUDA graph where one was captured, else

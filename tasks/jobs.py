@@ -125,7 +125,7 @@ class TrainJob:
         """
         steps = self.steps
         if self.epochs:
-            per_step = self.train.batch_size * self.train.d_steps * world_size
+            per_step = self.train.batch_size * self.train.critic_steps * world_size
             steps = math.ceil(self.epochs * train_samples / per_step)
         if self.resume and steps and steps <= step:
             raise ValueError(f"the checkpoint is at step {step}; ask for more steps than that")

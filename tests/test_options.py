@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import typer
@@ -15,6 +15,7 @@ from flows.options import resolve, with_options
 from flows.train import train as train_flow
 from gan.loop import LoopConfig
 from gan.metrics import EvalConfig
+from gan.trainer import TrainConfig
 from shards.options import build, flat, option, options_of
 from tasks.jobs import PipelineJob, PrepareJob, ReshardJob, TrainJob
 from tasks.presets import PRESETS
@@ -64,8 +65,15 @@ def test_the_cpu_preset_trains_for_steps_so_every_machine_gets_the_same_model():
 
 def test_rules_between_options_live_in_the_job():
     job = build(TrainJob, {"loss": "wgan-gp", "steps": 1})
-    assert (job.train.d_steps, job.model.d_norm) == (5, "layer")
+    assert (job.train.critic_steps, job.model.d_norm) == (5, "layer")
     assert not hasattr(build(TrainJob, {"steps": 1}).loader, "batch_size")  # one batch size
+
+
+def test_auto_critic_steps_follow_the_objective_after_a_replace():
+    bce = TrainConfig()
+    assert bce.critic_steps == 1
+    assert replace(bce, loss="wgan-gp").critic_steps == 5  # derived, never stored
+    assert replace(bce, loss="wgan-gp", d_steps=2).critic_steps == 2
 
 
 @dataclass(frozen=True)
