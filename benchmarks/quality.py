@@ -146,15 +146,6 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "r1_gamma": 1.0},
         {"generator": "upsample"},
     ),
-    # Fourth series, same cores (quality-cpu-300s-avx2-skips.json): G's output skips.
-    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-skips": (  # 2.35 +- 0.25x over 3 seeds
-        ADAM0_LR2X,
-        {"generator": "upsample", "g_skips": True},
-    ),
-    "smooth-upsample-ada-tc-b16-ttur-skips": (  # the preset with skips: 2.63 +- 0.06x
-        {**TTUR_TC, "batch_size": 16},
-        {"generator": "upsample", "g_skips": True},
-    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},

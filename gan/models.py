@@ -14,10 +14,6 @@ Where this differs from pytorch/examples, on purpose:
 - generator="upsample" swaps each stride-2 transposed conv for nearest x2 + 3x3 conv:
   fewer weights (G 2,371,136 at 64 px), no checkerboard artefacts. It is computed as
   the equivalent sub-pixel conv (NearestUpConv), so the x2 image is never built.
-- g_skips=True adds StyleGAN2's output skips (Karras et al. 2020) to G: RGB from its
-  last two hidden stages, upsampled bilinearly and summed into the output. Measured on
-  2 CPU cores at width 16 for 300 s (benchmarks/quality.py): 2.35 +- 0.25x the SWD
-  floor over 3 seeds against 2.51 +- 0.09x without; a lead within the seeds' spread.
 - conditional="city" makes both models class-conditional on the sample's city (labels
   int64 [B], positions in `classes`, dataset.json's city list; "city,night" doubles the
   classes into each city by day and by night, shards/conditions.py): each of G's BatchNorms
@@ -43,7 +39,6 @@ from shards.options import option
 
 GENERATORS = ("transposed", "upsample")
 D_NORMS = ("batch", "layer", "none")
-SKIP_STAGES = 2  # g_skips: RGB from G's last two hidden stages (16 and 32 px at 64 px)
 FEATURE_GRID = 4  # D.features pools each of the last two stages to 4x4, as the paper's probe
 
 
@@ -64,11 +59,6 @@ class ModelConfig:
         False,
         "Spectral normalisation of every D weight (Miyato et al. 2018): a 1-Lipschitz D "
         "that cannot run away from G; usually with d_norm none and the hinge loss.",
-    )
-    g_skips: bool = option(
-        False,
-        "Output skips (StyleGAN2's skip G, Karras et al. 2020): G's last two hidden stages "
-        "each add an RGB image (1x1 conv), upsampled bilinearly, to its output.",
     )
     conditional: str = option(
         "",
@@ -165,11 +155,6 @@ class NearestUpConv(nn.Conv2d):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2, as StyleGAN2's skip G upsamples its RGB (there with a FIR filter)."""
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-
-
 def _norm(channels: int, kind: str) -> nn.Module:
     """D's normalisation. "layer" is LayerNorm over (C, H, W) of each sample: GroupNorm(1, C)."""
     if kind == "batch":
@@ -214,10 +199,7 @@ class Generator(nn.Module):
     [B, K]) -> images float [B, 3, R, R] in [-1, 1].
 
     64 px (ngf=64): nz -> 4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3.
-    128 px starts at 4x4x(ngf*16) and has one more stage. With g_skips the 16 and 32 px
-    stages (32 and 64 px at 128) each also draw an RGB image; their sum, upsampled,
-    adds to the last conv's output before the tanh, so the coarse layout has a short
-    path to the image (StyleGAN2's skip G; 3 * (ngf*2 + ngf) weights more).
+    128 px starts at 4x4x(ngf*16) and has one more stage.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -240,30 +222,13 @@ class Generator(nn.Module):
             layers += [_up(cin, cout, config.generator), norm(cout), nn.ReLU(True)]
         layers += [_up(widths[-1], 3, config.generator), nn.Tanh()]
         self.main = nn.Sequential(*layers)
-        skips = widths[-SKIP_STAGES:] if config.g_skips else []
-        self.to_rgb = nn.ModuleList(nn.Conv2d(width, 3, 1, bias=False) for width in skips)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _check_labels(y, self.classes, "generator")
         x = z.reshape(z.shape[0], self.nz, 1, 1)
-        hidden = []  # each hidden stage's output, coarse to fine
-        *body, last, tanh = self.main
-        for layer in body:
+        for layer in self.main:
             x = layer(x, y) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
-            if isinstance(layer, nn.ReLU):
-                hidden.append(x)
-        image = last(x)
-        if self.to_rgb:
-            image = image + self._skips(hidden[-len(self.to_rgb) :])
-        return tanh(image)
-
-    def _skips(self, hidden: list[torch.Tensor]) -> torch.Tensor:
-        """The output skips' RGB [B, 3, R, R]: each stage's 1x1 conv, plus the coarser
-        stages' sum upsampled x2, upsampled x2 once more to the output."""
-        rgb = self.to_rgb[0](hidden[0])
-        for to_rgb, x in zip(self.to_rgb[1:], hidden[1:], strict=True):
-            rgb = _upsample(rgb) + to_rgb(x)
-        return _upsample(rgb)
+        return x
 
 
 class Discriminator(nn.Module):

@@ -269,33 +269,3 @@ def test_ema_batchnorm_refresh_takes_labels():
     ema.recompute_batchnorm([(z, labels)])
     norm = ema.model.main[1].norm
     assert norm.num_batches_tracked == 1 and not torch.equal(norm.running_var, torch.ones(64))
-
-
-@pytest.mark.parametrize("resolution", RESOLUTIONS)
-def test_output_skips_add_the_last_two_stages_rgb_upsampled_to_the_image(resolution):
-    torch.manual_seed(0)
-    config = ModelConfig(resolution=resolution, generator="upsample", g_skips=True, **SMALL)
-    generator = build_models(config)[0]
-    hidden = [m for m in generator.main if isinstance(m, nn.ReLU)]
-    seen: list[torch.Tensor] = []
-    for relu in hidden[-2:]:
-        relu.register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
-    images = generator(torch.randn(4, config.nz))
-
-    coarse, fine = seen  # 16 and 32 px at 64 px; 32 and 64 px at 128 px
-    assert coarse.shape[-1] * 4 == fine.shape[-1] * 2 == resolution
-    up = lambda x: F.interpolate(x, scale_factor=2, mode="bilinear")  # noqa: E731
-    skips = up(up(generator.to_rgb[0](coarse)) + generator.to_rgb[1](fine))
-    torch.testing.assert_close(images, torch.tanh(generator.main[-2](fine) + skips))
-    assert skips.abs().mean() > 0.1 * (images.atanh() - skips).abs().mean()  # not a no-op
-
-
-def test_output_skips_add_only_two_rgb_convs_and_leave_the_plain_g_as_it_was():
-    for resolution in RESOLUTIONS:
-        plain = Generator(ModelConfig(resolution=resolution, **SMALL))
-        skips = Generator(ModelConfig(resolution=resolution, g_skips=True, **SMALL))
-        assert n_params(skips) - n_params(plain) == 3 * (2 * SMALL["ngf"] + SMALL["ngf"])
-        assert not any(key.startswith("to_rgb") for key in plain.state_dict())  # old checkpoints
-    config = ModelConfig(g_skips=True, conditional="city", classes=CITIES, **SMALL)
-    images = build_models(config)[0](torch.randn(2, config.nz), torch.tensor([0, 2]))
-    assert images.shape == (2, 3, 64, 64)
