@@ -265,7 +265,9 @@ def save_grid(G: Generator, path: Path) -> None:
 def summarise(runs: list[dict]) -> dict:
     """Per arm: mean, spread (stdev) and range over seeds of the ratio to the floor, and
     steps; the best arm, and whether it beats the recipe beyond the seeds' spread (its
-    worst seed better than the recipe's best)."""
+    worst seed better than the recipe's best). The best is the lowest mean among the arms
+    with the most seeds: a one-seed screen beside 3-seed arms is a lead, not a winner
+    (single seeds moved by up to 0.5x the floor in the CPU sweeps)."""
     table = {}
     for arm in dict.fromkeys(run["arm"] for run in runs):
         ratios = [run["ratio"] for run in runs if run["arm"] == arm]
@@ -278,7 +280,9 @@ def summarise(runs: list[dict]) -> dict:
             "seeds": len(ratios),
         }
     ours = [arm for arm in table if arm != RECIPE]
-    best = min(ours, key=lambda arm: table[arm]["ratio_mean"]) if ours else None
+    most = max((table[arm]["seeds"] for arm in ours), default=0)
+    ranked = [arm for arm in ours if table[arm]["seeds"] == most]
+    best = min(ranked, key=lambda arm: table[arm]["ratio_mean"]) if ranked else None
     summary: dict = {"arms": table, "best": best}
     if best and RECIPE in table:
         summary["best_beats_recipe_beyond_spread"] = (

@@ -155,3 +155,16 @@ def test_conditional_benchmark_scores_both_arms_and_a_small_city(tmp_path, monke
     assert 0 <= result["arms"]["conditional"]["recognised_mean"] <= 1
     assert 0 < len(result["runs"][0]["swd_by_city"]) <= len(result["cities"])  # tiny val: some skip
     assert result["few"]["runs"][0]["train_images"] == 4 and grid.stat().st_size > 0
+
+
+def test_quality_best_is_among_the_arms_with_the_most_seeds():
+    def record(arm: str, seed: int, ratio: float) -> dict:
+        return {"arm": arm, "seed": seed, "ratio": ratio, "steps": 100}
+
+    swept = [record("swept", seed, ratio) for seed, ratio in enumerate([2.4, 2.3, 2.5])]
+    runs = [*swept, record("screen", 0, 2.0), record("recipe", 0, 18.0)]
+    summary = quality_bench.summarise(runs)
+    assert summary["best"] == "swept"  # the lower one-seed screen is a lead, not the best
+    assert summary["arms"]["screen"]["ratio_stdev"] is None
+    assert summary["best_beats_recipe_beyond_spread"] is True
+    assert quality_bench.summarise(runs[3:4])["best"] == "screen"
