@@ -280,9 +280,7 @@ def summarise(runs: list[dict]) -> dict:
             "seeds": len(ratios),
         }
     ours = [arm for arm in table if arm != RECIPE]
-    most = max((table[arm]["seeds"] for arm in ours), default=0)
-    ranked = [arm for arm in ours if table[arm]["seeds"] == most]
-    best = min(ranked, key=lambda arm: table[arm]["ratio_mean"]) if ranked else None
+    best = min(ours, key=lambda arm: (-table[arm]["seeds"], table[arm]["ratio_mean"]), default=None)
     summary: dict = {"arms": table, "best": best}
     if best and RECIPE in table:
         summary["best_beats_recipe_beyond_spread"] = (
