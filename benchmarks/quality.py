@@ -146,6 +146,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**ADAM0_LR2X, "r1_gamma": 1.0},
         {"generator": "upsample"},
     ),
+    # Fifth series, same cores (recorded as proto-lr2x-dlayer and proto-lr2x-sn in
+    # quality-cpu-300s-avx2-screen5.json): D without its per-batch BatchNorm, 15.3x and 7.3x.
+    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-dlayer": (
+        ADAM0_LR2X,
+        {"generator": "upsample", "d_norm": "layer"},
+    ),
+    "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x-sn": (
+        ADAM0_LR2X,
+        {"generator": "upsample", "spectral_norm": True, "d_norm": "none"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
