@@ -23,7 +23,7 @@ GRID_IMAGES = 64
 HEALTH_ROWS = 12  # stats lines shown, evenly spaced over the run
 _GOOD = ("as good as real", "near real", "beats", "no sign", "ok", "healthy", "recognised as")
 _BAD = ("far from", "collapse", "possible copies", "no better", "low diversity", "overpowering",
-        "not recognised")  # fmt: skip
+        "not recognised", "than real (")  # fmt: skip
 _HEALTH_COLUMNS = {
     "loss_d": "loss D",
     "loss_g": "loss G",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gan.metrics.palette import PALETTE_BAND, PALETTE_KEYS
 from tasks.city_report import city_headline
 
 COLLAPSE_RATIO = 0.5  # diversity ratio below which samples count as collapsed
@@ -41,6 +42,8 @@ def headline(metrics: dict, training: dict | None = None) -> list[list]:
             ratio = result["ratio"] or 0.0
             verdict = "mode collapse" if collapsed else "low diversity" if ratio < 0.8 else "ok"
             rows.append([name, result["ratio"], 1.0, verdict])
+        elif name == "palette" and result.get("computed"):
+            rows.append([name, result["ratio"], 1.0, _palette(result)])
     rows += city_headline(metrics)
     if training and training.get("steps") is not None:
         rows.append(["training", training["steps"], None, _training(training)])
@@ -87,6 +90,18 @@ def _memorisation(memo: dict, collapsed: bool) -> str:
     if ratio is not None and ratio > 1.5:
         return "far from the training data (under-fit?)"
     return "no sign of copying"
+
+
+def _palette(palette: dict) -> str:
+    """ "ok", or which of contrast and chroma lies outside PALETTE_BAND of real, and how."""
+    words = {"contrast": ("more contrast", "flatter"), "chroma": ("more saturated", "greyer")}
+    off = []
+    for key in PALETTE_KEYS:
+        ratio = palette[key]["ratio"]
+        if not 1 / PALETTE_BAND <= ratio <= PALETTE_BAND:
+            more, less = words[key]
+            off.append(f"{more if ratio > 1 else less} than real ({key} {ratio:.2f}x)")
+    return "; ".join(off) if off else "ok"
 
 
 def _training(training: dict) -> str:

@@ -4,6 +4,7 @@ its floor, the registry, probe, copies, collapse."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from gan.images import strip_windows, training_windows
 from gan.metrics import EvalConfig, EvalInputs, append_result, compute_metric, metric_names
 from gan.metrics.inception import NO_INCEPTION
 from gan.metrics.inputs import count_label
+from gan.metrics.palette import PALETTE_KEYS
 from gan.metrics.probe import probe_features, probe_split
 from gan.metrics.registry import register_metric
 from gan.metrics.sliced_wasserstein import (
@@ -26,6 +28,7 @@ from gan.metrics.sliced_wasserstein import (
     swd_resolutions,
 )
 from shards.geometry import centre_window
+from tasks.verdicts import headline
 
 
 def street_like(n: int, seed: int, size: int = 32, width: int | None = None) -> torch.Tensor:
@@ -62,6 +65,7 @@ def noisy(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def test_registry_names_state_their_protocol():
     assert metric_names(2048) == [
         "swd2k_valwin", "fid2k_valwin", "kid2k_valwin", "probe_city", "memorisation", "diversity",
+        "palette",
         "city_swd2k_valwin", "city_test2k",
     ]  # fmt: skip
     assert metric_names(500)[0] == "swd500_valwin" and count_label(50_000) == "50k"
@@ -289,6 +293,42 @@ def test_diversity_of_identical_images_is_zero():
     assert compute_metric("diversity", EvalInputs(same, val, val))["ratio"] < 1e-6
     fresh = compute_metric("diversity", EvalInputs(street_like(64, 22), val, val))["ratio"]
     assert 0.9 < fresh < 1.1
+
+
+def about_grey(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """`images` with every value's distance from mid-grey times `factor`: contrast and
+    chroma both scale by it, as a whole batch of over- or under-saturated samples would."""
+    return ((images.float() - 127.5) * factor + 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_palette_names_samples_more_saturated_or_greyer_than_real():
+    val, train = street_like(256, 30), street_like(256, 31)
+    real = compute_metric("palette", EvalInputs(street_like(128, 32), val, train))
+    flat = compute_metric("palette", EvalInputs(about_grey(street_like(128, 32), 0.7), val, train))
+    loud = compute_metric("palette", EvalInputs(street_like(128, 32), about_grey(val, 0.6), train))
+    for key in PALETTE_KEYS:
+        assert 0.95 < real[key]["ratio"] < 1.05
+        assert flat[key]["ratio"] == pytest.approx(0.7 * real[key]["ratio"], rel=0.03)
+        assert loud[key]["ratio"] == pytest.approx(real[key]["ratio"] / 0.6, rel=0.03)
+    assert flat["ratio"] < 0.75 and loud["ratio"] > 1.6
+    [(name, value, reference, verdict)] = headline({"palette": loud})
+    assert (name, value, reference) == ("palette", loud["ratio"], 1.0)
+    both = (
+        r"more contrast than real \(contrast 1\.6\dx\); "
+        r"more saturated than real \(chroma 1\.6\dx\)"
+    )
+    assert re.fullmatch(both, verdict), verdict
+    both = r"flatter than real \(contrast 0\.\d\dx\); greyer than real \(chroma 0\.\d\dx\)"
+    assert re.fullmatch(both, headline({"palette": flat})[0][3])
+    assert headline({"palette": real})[0][3] == "ok"
+
+
+def test_palette_of_grey_samples_is_greyer_than_real():
+    grey = street_like(64, 33).float().mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    inputs = EvalInputs(grey.to(torch.uint8), street_like(64, 34), street_like(64, 35))
+    result = compute_metric("palette", inputs)
+    assert result["chroma"]["generated"] < 0.01 and result["ratio"] == result["chroma"]["ratio"]
+    assert "greyer than real (chroma 0.0" in headline({"palette": result})[0][3]
 
 
 # ---------------------------------------------------------------- FID and KID

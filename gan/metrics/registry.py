@@ -17,7 +17,8 @@ from pathlib import Path
 
 from gan.metrics.copies import diversity_stats, memorisation_stats
 from gan.metrics.inception import NO_INCEPTION, inception_distances
-from gan.metrics.inputs import EvalInputs, count_label, not_computed
+from gan.metrics.inputs import EvalInputs, count_label, not_computed, real_windows
+from gan.metrics.palette import palette_stats
 from gan.metrics.probe import extract_features, probe_features
 from gan.metrics.sliced_wasserstein import SWD_MIN_RESOLUTION, swd_against_real
 from shards.atomic import write_text
@@ -135,3 +136,12 @@ def diversity(inputs: EvalInputs) -> dict:
     if min(inputs.samples, len(inputs.val)) < 2:
         return not_computed("not computed: needs at least 2 generated and 2 val images")
     return diversity_stats(inputs.generated, inputs.val_windows())
+
+
+@register_metric("palette")
+def palette(inputs: EvalInputs) -> dict:
+    """Median contrast and chroma of samples against val windows (and train windows')."""
+    if min(inputs.samples, len(inputs.val), len(inputs.train)) < 1:
+        return not_computed("not computed: needs generated, val and train images")
+    train = real_windows(inputs.train, inputs.samples, "train", inputs.seed, 0)
+    return palette_stats(inputs.generated, inputs.val_windows(), train)
