@@ -93,7 +93,7 @@ def _memorisation(memo: dict, collapsed: bool) -> str:
 
 
 def _palette(palette: dict) -> str:
-    """ "ok", or which of contrast and chroma lies outside PALETTE_BAND of real, and how."""
+    """The verdict: "ok", or which of contrast and chroma lie outside PALETTE_BAND, how."""
     words = {"contrast": ("more contrast", "flatter"), "chroma": ("more saturated", "greyer")}
     off = []
     for key in PALETTE_KEYS:

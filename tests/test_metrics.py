@@ -329,6 +329,9 @@ def test_palette_of_grey_samples_is_greyer_than_real():
     result = compute_metric("palette", inputs)
     assert result["chroma"]["generated"] < 0.01 and result["ratio"] == result["chroma"]["ratio"]
     assert "greyer than real (chroma 0.0" in headline({"palette": result})[0][3]
+    flat = compute_metric("palette", EvalInputs(street_like(8, 36), inputs.generated, inputs.val))
+    assert flat["computed"] is False and "val windows are flat grey" in flat["reason"]
+    assert headline({"palette": flat}) == []
 
 
 # ---------------------------------------------------------------- FID and KID

@@ -15,6 +15,7 @@ import math
 import torch
 
 from gan.images import FEATURE_SIDE, pixel_features
+from gan.metrics.inputs import not_computed
 
 PALETTE_KEYS = ("contrast", "chroma")
 # Median ratios within [1/1.1, 1.1] of the val windows' count as real: train windows
@@ -37,18 +38,20 @@ def palette_stats(generated: torch.Tensor, val: torch.Tensor, train: torch.Tenso
 
     All three uint8 [N,3,R,R]. Per key: the three medians, `ratio` (generated / val) and
     `train_ratio` (train / val); top-level `ratio` is the key's ratio furthest from 1 (in
-    log terms), the headline value.
+    log terms), the headline value. Not computed when the val windows' median contrast
+    or chroma is 0: there is nothing to compare against.
     """
     medians = [
         {key: float(value.median()) for key, value in palette_values(images).items()}
         for images in (generated, val, train)
     ]
+    if min(medians[1].values()) <= 0:
+        return not_computed("not computed: the val windows are flat grey (median 0)")
     result: dict = {"computed": True, "images": len(generated)}
     for key in PALETTE_KEYS:
         ours, real, other = (m[key] for m in medians)
-        ratio = ours / real if real > 0 else float("inf")
-        result[key] = {"generated": ours, "val": real, "train": other, "ratio": ratio}
-        result[key]["train_ratio"] = other / real if real > 0 else None
+        result[key] = {"generated": ours, "val": real, "train": other, "ratio": ours / real}
+        result[key]["train_ratio"] = other / real
     ratios = [result[key]["ratio"] for key in PALETTE_KEYS]
-    result["ratio"] = max(ratios, key=lambda r: abs(math.log(r)) if 0 < r < math.inf else math.inf)
+    result["ratio"] = max(ratios, key=lambda r: abs(math.log(r)) if r > 0 else math.inf)
     return result
