@@ -156,6 +156,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         ADAM0_LR2X,
         {"generator": "upsample", "spectral_norm": True, "d_norm": "none"},
     ),
+    # Sixth series, same cores (quality-cpu-300s-avx2-screen6.json), seed 0, against the
+    # lr2x arm's 2.43 there: D's real target 1 (no smoothing) 2.67x, and 0.8 2.67x.
+    "upsample-ada-tc-b16-ttur-adam0-lr2x-nosmooth": (
+        {**ADAM0_LR2X, "label_smoothing": 0.0},
+        {"generator": "upsample"},
+    ),
+    "smooth2-upsample-ada-tc-b16-ttur-adam0-lr2x": (
+        {**ADAM0_LR2X, "label_smoothing": 0.2},
+        {"generator": "upsample"},
+    ),
     "smooth-upsample-ada-tc-b32-ttur-sqrtlr": (
         {**TTUR_TC, "lr_g": 1.13e-3, "lr_d": 2.83e-4},  # both times sqrt 2: worse at 300 s
         {"generator": "upsample"},
