@@ -19,7 +19,7 @@ COLLAPSE_AFTER = 100  # ... after this many steps: a transposed G starts near 0.
 # real batch: ~0.39) and a healthy one leaves that by then; the CPU quickstart's grey
 # G stayed under 0.03 for hundreds of steps
 # What helps, each with the config value that says it is already in use, in the order
-# measured (README, quality sweeps). Not offered: a lower lr_d, a narrower D and LeCam
+# measured (docs/QUALITY.md). Not offered: a lower lr_d, a narrower D and LeCam
 # regularisation, which hold D back; each made the cpu preset's samples worse.
 REMEDIES = (
     ("label_smoothing 0.1", lambda train, model: train.label_smoothing > 0),

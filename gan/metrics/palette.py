@@ -3,7 +3,7 @@
 The two judges of the images cannot see this. D normalises its real and fake batches
 apart (BatchNorm after a bias-free first conv and LeakyReLU), so its logits do not
 change when a whole batch's contrast does; SWD normalises each descriptor set per
-channel (README, the quality benchmark's fifth series). A person sees it at once:
+channel (docs/QUALITY.md, the fifth series). A person sees it at once:
 skies and facades more saturated than any photo. Measured in gan.images' 16 x 16 pixel
 features, the space of `memorisation` and `diversity`.
 """
