@@ -104,6 +104,11 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {"generator": "upsample"},
     ),
     "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x": (ADAM0_LR2X, {"generator": "upsample"}),
+    # 2 AVX-512 Zen 4 cores, 300 s, 3 seeds (quality-cpu-300s-zen4.json): 2.22 ± 0.11x.
+    "smooth-upsample-ada-tc-b32-ttur-adam0": (
+        {**TTUR_TC, "beta1": 0.0, "beta2": 0.99},
+        {"generator": "upsample"},
+    ),
     # Screened 2026-12-02, seed 0, 300 s on 2 AVX2 cores (for seed 0 the preset, arm
     # smooth-upsample-ada-tc-b16-ttur, scored 2.75x and the arm above 2.44x):
     "smooth-upsample-ada-tc-b16-ttur-d8": (  # a weaker D: 3.91x
