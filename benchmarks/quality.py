@@ -70,12 +70,12 @@ TTUR_TC = {
     "ada_target": 0.6,
     "lr_g": 8e-4,  # TTUR: G four times faster than D
 }
-# StyleGAN2-ADA's Adam betas (0, 0.99) with both learning rates doubled.
+ADAM0 = {"beta1": 0.0, "beta2": 0.99}  # StyleGAN2-ADA's Adam betas
+# Those betas with both learning rates doubled.
 ADAM0_LR2X = {
     **TTUR_TC,
+    **ADAM0,
     "batch_size": 16,
-    "beta1": 0.0,
-    "beta2": 0.99,
     "lr_g": 1.6e-3,
     "lr_d": 4e-4,
 }
@@ -100,13 +100,13 @@ ARMS: dict[str, tuple[dict, dict]] = {
     "smooth-upsample-ada-tc-b16-ttur": ({**TTUR_TC, "batch_size": 16}, {"generator": "upsample"}),
     "smooth-upsample-ada-tc-b32-ttur": (TTUR_TC, {"generator": "upsample"}),
     "smooth-upsample-ada-tc-b16-ttur-adam0": (
-        {**TTUR_TC, "batch_size": 16, "beta1": 0.0, "beta2": 0.99},  # StyleGAN2-ADA's: a lead
+        {**TTUR_TC, **ADAM0, "batch_size": 16},  # a lead
         {"generator": "upsample"},
     ),
     "smooth-upsample-ada-tc-b16-ttur-adam0-lr2x": (ADAM0_LR2X, {"generator": "upsample"}),
     # 2 AVX-512 Zen 4 cores, 300 s, 3 seeds (quality-cpu-300s-zen4.json): 2.22 ± 0.11x.
     "smooth-upsample-ada-tc-b32-ttur-adam0": (
-        {**TTUR_TC, "beta1": 0.0, "beta2": 0.99},
+        {**TTUR_TC, **ADAM0},
         {"generator": "upsample"},
     ),
     # Screened 2026-12-02, seed 0, 300 s on 2 AVX2 cores (for seed 0 the preset, arm
