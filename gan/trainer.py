@@ -106,6 +106,11 @@ class TrainConfig:
             (0 <= self.ada_target < 1, f"ada_target must be in [0, 1), got {self.ada_target}"),
             (self.ada_kimg > 0, f"ada_kimg must be > 0, got {self.ada_kimg}"),
             (not self.ada_target or self.diffaugment, "ada_target needs a diffaugment policy"),
+            (
+                not (self.ada_target and make_loss(self.loss).saturated_gap == 0),
+                f"ada_target needs logits whose sign is D's verdict, not {self.loss}'s critic "
+                "values (no fixed zero): use bce, hinge or lsgan",
+            ),
             (0 <= self.ema_beta < 1, f"ema_beta must be in [0, 1), got {self.ema_beta}"),
             (self.ema_bn_batches >= 0, "ema_bn_batches must be >= 0"),
         ]

@@ -57,6 +57,10 @@ def images(n: int = 8) -> torch.Tensor:
         ({"diffaugment": "color,blur"}, "diffaugment: unknown transform 'blur'"),
         ({"ada_target": 0.6}, "ada_target needs a diffaugment policy"),
         ({"ada_target": 1.5, "diffaugment": "color"}, "ada_target must be in [0, 1)"),
+        (
+            {"ada_target": 0.6, "diffaugment": "color", "loss": "wgan-gp"},
+            "ada_target needs logits whose sign is D's verdict, not wgan-gp's",
+        ),
         ({"r1_gamma": -1.0}, "r1_gamma must be >= 0"),
         ({"r1_every": 0}, "r1_every must be >= 1"),
         ({"lr_d": 0.0}, "learning rates lr_g and lr_d must be > 0"),
