@@ -31,6 +31,8 @@ from gan.models import ModelConfig, build_models
 from shards.options import option
 from shards.rng import set_state
 
+# Objectives whose logits' sign is D's verdict (ADA's r_t needs one): not a WGAN critic.
+SIGNED_LOSSES = tuple(name for name, loss in LOSSES.items() if loss.saturated_gap > 0)
 PROBE_BN_BATCHES = 4  # the live diversity probe's BatchNorm refresh: cheap, every log line
 # Per-step device metrics, averaged over each log interval. The loop adds `diversity`
 # and a `health` list of warnings (gan/health.py); the report reads them from stats.jsonl.
@@ -107,9 +109,9 @@ class TrainConfig:
             (self.ada_kimg > 0, f"ada_kimg must be > 0, got {self.ada_kimg}"),
             (not self.ada_target or self.diffaugment, "ada_target needs a diffaugment policy"),
             (
-                not (self.ada_target and make_loss(self.loss).saturated_gap == 0),
+                not self.ada_target or self.loss in SIGNED_LOSSES or self.loss not in LOSSES,
                 f"ada_target needs logits whose sign is D's verdict, not {self.loss}'s critic "
-                "values (no fixed zero): use bce, hinge or lsgan",
+                f"values (no fixed zero): use {' or '.join(SIGNED_LOSSES)}",
             ),
             (0 <= self.ema_beta < 1, f"ema_beta must be in [0, 1), got {self.ema_beta}"),
             (self.ema_bn_batches >= 0, "ema_bn_batches must be >= 0"),
