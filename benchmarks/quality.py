@@ -12,9 +12,9 @@ windows, and divided by the real-vs-real floor (train vs val windows): 1 is as g
 Arms run seed-major (every arm's seed 0, then every arm's seed 1, ...), so load from
 other work on a shared machine falls on all arms alike. Each run's checkpoint (the
 recipe's generator.pt) and a sample grid stay in <data>/data/runs/sweep-<arm>-<seconds>s-
-s<seed>/, its record and scores in a JSONL file: training and scoring are separate
-phases, so a sweep that stops picks up where it stopped, and a changed judge only
-rescores.
+s<seed>/, its record and scores (the ratio, each pyramid level's SWD, `fine_texture`) in
+a JSONL file: training and scoring are separate phases, so a sweep that stops picks up
+where it stopped, and a changed judge only rescores.
 
     python -m benchmarks.train setup --images 2000 --val-fraction 0.1 --out build/quality
     python -m benchmarks.quality --data build/quality --seconds 90 --seeds 3
@@ -39,7 +39,13 @@ import torch
 from benchmarks.train import recipe_for
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.loop import Budget
-from gan.metrics.sliced_wasserstein import FLOOR_DRAWS, swd_against_real
+from gan.metrics.inputs import real_windows
+from gan.metrics.sliced_wasserstein import (
+    FLOOR_DRAWS,
+    laplacian_level,
+    swd_against_real,
+    swd_resolutions,
+)
 from gan.models import Generator, ModelConfig
 from gan.render import image_grid, save_image
 from gan.sampling import generate, generator_from_state
@@ -275,12 +281,13 @@ def score(
 ) -> dict:
     """SWD of `samples` EMA images (fixed latents) against training-style val windows, as
     `msls evaluate` scores it (`swd_against_real`), and its ratio to the floor; the recipe
-    keeps the better of BatchNorm's eval and train modes."""
-    results = {}
+    keeps the better of BatchNorm's eval and train modes. Also the SWD of each level and
+    `fine_texture` of the images scored."""
+    results, fakes = {}, {}
     for mode in ("eval", "train") if recipe else ("eval",):
         G.train(mode == "train")
-        fake = generate(G, samples, 0, torch.device("cpu"))
-        results[mode] = swd_against_real(fake, strips["val"], strips["train"], draws=draws)
+        fakes[mode] = generate(G, samples, 0, torch.device("cpu"))
+        results[mode] = swd_against_real(fakes[mode], strips["val"], strips["train"], draws=draws)
     best = min(results, key=lambda mode: results[mode]["mean"])
     G.eval()
     result = results[best]
@@ -289,6 +296,23 @@ def score(
         "floor": round(result["floor_mean"], 2),
         "ratio": round(result["ratio"], 2),
         "bn_mode": best,
+        "levels": {size: round(value, 2) for size, value in result["levels"].items()},
+        "fine_texture": fine_texture(fakes[best]),
+    }
+
+
+def fine_texture(images: torch.Tensor) -> dict:
+    """What SWD's finest level (the 64 px term at 64 px) is made of: uint8 [N, 3, R, R] ->
+    the std of that Laplacian band (0-255 units), the share of its values under 2 in
+    magnitude ("flat": where a render or photo has an even surface) and its kurtosis
+    (edges on flat ground score high, texture everywhere low). SWD normalises each level
+    by its own std, so the shape of this distribution, not its energy, is what it scores."""
+    band = laplacian_level(images, 0, len(swd_resolutions(images.shape[-1]))).flatten()
+    std = band.std()
+    return {
+        "std": round(float(std), 2),
+        "flat_share": round(float((band.abs() < 2).float().mean()), 3),
+        "kurtosis": round(float((band / std).pow(4).mean()), 1),
     }
 
 
@@ -455,6 +479,7 @@ def main() -> None:
         "samples": args.samples,
         "draws": args.draws,
         "protocol": PROTOCOL,
+        "val_fine_texture": fine_texture(real_windows(strips["val"], args.samples, "val", 0, 0)),
         **summarise(runs),
         "runs": runs,
     }

@@ -104,6 +104,21 @@ def test_quality_sweep_runs_arms_seed_major_and_picks_up_where_it_stopped(tmp_pa
     assert result["best"] == "smooth-upsample-ada" and result["arms"]["recipe"]["seeds"] == 2
     assert isinstance(result["best_beats_recipe_beyond_spread"], bool)
     assert {"logit_gap", "real_pos", "ada_p", "diversity"} <= set(result["runs"][0]["final"])
+    assert set(result["runs"][0]["levels"]) == {"64", "32", "16"}
+    for texture in (result["runs"][0]["fine_texture"], result["val_fine_texture"]):
+        assert texture["std"] > 0 and 0 <= texture["flat_share"] <= 1 and texture["kurtosis"] > 0
+
+
+def test_fine_texture_tells_flat_ground_with_edges_from_texture_everywhere():
+    """A flat-shaded image with one edge is mostly flat and heavy-tailed; the same image
+    with faint noise over it is neither, though its edge is unchanged."""
+    flat = torch.full((4, 3, 64, 64), 100, dtype=torch.uint8)
+    flat[:, :, :, 32:] = 200
+    noisy = flat.float() + 6 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(0))
+    noisy = noisy.clamp(0, 255).to(torch.uint8)
+    clean, textured = quality_bench.fine_texture(flat), quality_bench.fine_texture(noisy)
+    assert clean["flat_share"] > 0.9 > 0.5 > textured["flat_share"]
+    assert clean["kurtosis"] > 2 * textured["kurtosis"] and textured["std"] > clean["std"]
 
 
 def test_quality_sweep_trains_for_steps_or_seconds_and_names_runs_by_that_budget(
